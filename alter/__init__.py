@@ -1,0 +1,10 @@
+"""ALTER: All-in-One Layer Pruning and Temporal Expert Routing for diffusion UNets.
+
+Importing the package registers its components; it loads no weights and
+downloads nothing.
+"""
+from alter import registry  # noqa: F401
+from alter.models import unet  # noqa: F401
+from alter.units import spaces  # noqa: F401
+
+__version__ = '0.1.0'

@@ -1,0 +1,1 @@
+"""Models: the backbone builder, hypernetwork parts and the ALTER algorithm."""

@@ -1,0 +1,1 @@
+"""The prunable-unit engine: pruning spaces, gated execution, MAC accounting."""

@@ -1,0 +1,207 @@
+"""MAC accounting of a UNet and its units.
+
+Two named conventions (ALTER_SPEC §3):
+
+* ``fvcore``          -- fvcore's count; scaled-dot-product attention is not
+  counted (the paper's convention: SD2.1 at 768 px = 761.4 G per UNet call);
+* ``with_attention``  -- ``fvcore`` plus the attention matmuls Q.K^T and A.V,
+  ``B * Lq * Lk * (inner_q + inner_v)`` MACs per attention (SD2.1 768 px ~1075 G).
+
+A unit's MACs are the MACs saved by skipping it (its module minus its bypass:
+the ``conv_shortcut`` for ``shortcut`` units). Everything else -- conv_in/out,
+time embedding, samplers, non-prunable resnets, the norm/proj around
+transformer blocks in the ``paper`` space -- is non-prunable and always kept.
+
+Per-module counts are cached on disk per (architecture, latent size, context
+length, convention), because counting SD2.1 at 768 px takes tens of seconds.
+"""
+import hashlib
+import json
+import os
+import warnings
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import torch
+from diffusers import UNet2DConditionModel
+from diffusers.models.attention_processor import Attention
+from torch import nn
+
+from alter.units.spaces import Unit
+from alter.utils.io import atomic_write_json
+
+CONVENTIONS = ('fvcore', 'with_attention')
+
+
+@dataclass
+class MacTable:
+    """Per-unit and total MACs of one backbone at one input size (batch 1).
+
+    ``unit_macs[i]`` belongs to ``unit_names[i]``; ``total_macs`` is the whole
+    UNet call, so ``total_macs - prunable_macs`` is always kept.
+    """
+
+    convention: str
+    resolution: int  # pixels
+    latent_size: Tuple[int, int]
+    context_length: int
+    space: str
+    total_macs: int
+    unit_names: List[str]
+    unit_kinds: List[str]
+    unit_macs: List[int]
+
+    @property
+    def prunable_macs(self) -> int:
+        return sum(self.unit_macs)
+
+    @property
+    def min_keep_ratio(self) -> float:
+        """Keep ratio with every unit skipped: the non-prunable share."""
+        return 1.0 - self.prunable_macs / self.total_macs
+
+    def unit_fractions(self) -> torch.Tensor:
+        """(N_L,) float64: each unit's MACs as a fraction of the whole UNet."""
+        return torch.tensor(self.unit_macs, dtype=torch.float64) / self.total_macs
+
+    def keep_ratio(self, masks: torch.Tensor) -> torch.Tensor:
+        """MAC-weighted kept fraction S(m) of the whole UNet.
+
+        Args:
+            masks: (..., N_L) gates in [0, 1]; differentiable.
+        Returns:
+            (...) keep ratio in [min_keep_ratio, 1].
+        """
+        if masks.shape[-1] != len(self.unit_macs):
+            raise ValueError(f'expected masks with {len(self.unit_macs)} units in the last '
+                             f'dimension, got shape {tuple(masks.shape)}')
+        frac = self.unit_fractions().to(masks.device, masks.dtype)
+        return 1.0 - ((1.0 - masks) * frac).sum(-1)
+
+    def to_dict(self) -> dict:
+        """JSON layout ``{convention, resolution, total_macs, prunable_macs, units: [...]}``."""
+        d = asdict(self)
+        units = [dict(name=n, kind=k, macs=m)
+                 for n, k, m in zip(d.pop('unit_names'), d.pop('unit_kinds'), d.pop('unit_macs'))]
+        return dict(d, prunable_macs=self.prunable_macs, units=units)
+
+
+def architecture_key(unet: UNet2DConditionModel) -> str:
+    """Stable hash of a UNet's architecture (its config without private keys)."""
+    config = {k: v for k, v in dict(unet.config).items() if not k.startswith('_')}
+    return hashlib.sha1(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def default_cache_dir() -> Path:
+    return Path(os.environ.get('ALTER_CACHE', Path.home() / '.cache' / 'alter')) / 'macs'
+
+
+class _Call(nn.Module):
+    """UNet call returning a plain tensor, as fvcore's tracer needs."""
+
+    def __init__(self, unet: UNet2DConditionModel) -> None:
+        super().__init__()
+        self.unet = unet
+
+    def forward(self, sample, timestep, context):
+        return self.unet(sample, timestep, context, return_dict=False)[0]
+
+
+def _attention_macs(unet: nn.Module) -> Tuple[Dict[str, int], list]:
+    """Hooks recording the matmul MACs of every diffusers ``Attention`` by path."""
+    record: Dict[str, int] = {}
+
+    def hook(path):
+        def pre_hook(module, args, kwargs):
+            x = args[0] if args else kwargs['hidden_states']
+            ctx = kwargs.get('encoder_hidden_states', args[1] if len(args) > 1 else None)
+            lq = x.shape[1] if x.dim() == 3 else x.shape[2] * x.shape[3]
+            lk = lq if ctx is None else ctx.shape[1]
+            inner = module.to_q.out_features + module.to_v.out_features
+            record[path] = int(x.shape[0] * lq * lk * inner)  # shapes are tensors when traced
+        return pre_hook
+
+    handles = [m.register_forward_pre_hook(hook(p), with_kwargs=True)
+               for p, m in unet.named_modules() if isinstance(m, Attention)]
+    return record, handles
+
+
+def count_module_macs(unet: UNet2DConditionModel, latent_size: Tuple[int, int],
+                      context_length: int) -> Dict[str, Dict[str, int]]:
+    """MACs of every module (path -> MACs; '' = whole UNet) under each convention.
+
+    One traced forward at batch 1 on the UNet's device counts both conventions.
+    """
+    if unet.config.get('addition_embed_type') is not None:
+        raise NotImplementedError('MAC counting supports UNets conditioned on timestep and '
+                                  'text context only (SD 1.x / 2.x); this one needs '
+                                  f'addition_embed_type={unet.config.addition_embed_type!r}')
+    p = next(unet.parameters())
+    sample = torch.randn(1, unet.config.in_channels, *latent_size, device=p.device, dtype=p.dtype)
+    context = torch.randn(1, context_length, unet.config.cross_attention_dim,
+                          device=p.device, dtype=p.dtype)
+    timestep = torch.tensor([500], device=p.device)
+    attention, handles = _attention_macs(unet)
+    try:
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter('ignore')  # fvcore's tracer: jit deprecation notes
+            from fvcore.nn import FlopCountAnalysis  # heavy import, only when counting
+            analysis = FlopCountAnalysis(_Call(unet).eval(), (sample, timestep, context))
+            analysis.unsupported_ops_warnings(False).uncalled_modules_warnings(False)
+            by_module = analysis.by_module()
+    finally:
+        for h in handles:
+            h.remove()
+    fv = {k[len('unet.'):] if k.startswith('unet.') else ('' if k in ('', 'unet') else k): int(v)
+          for k, v in by_module.items()}
+    with_attn = dict(fv)
+    for path, macs in attention.items():
+        parts = path.split('.')
+        for i in range(len(parts) + 1):
+            prefix = '.'.join(parts[:i])
+            with_attn[prefix] = with_attn.get(prefix, 0) + macs
+    return dict(fvcore=fv, with_attention=with_attn)
+
+
+def cached_module_macs(unet: UNet2DConditionModel, latent_size: Tuple[int, int],
+                       context_length: int, convention: str,
+                       cache_dir: Optional[Path] = None) -> Dict[str, int]:
+    """``count_module_macs`` for one convention, read from / written to the cache."""
+    if convention not in CONVENTIONS:
+        raise ValueError(f'unknown MAC convention {convention!r}; expected one of {CONVENTIONS}')
+    cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    stem = f'{architecture_key(unet)}_{latent_size[0]}x{latent_size[1]}_ctx{context_length}'
+    path = cache_dir / f'{stem}_{convention}.json'
+    if path.exists():
+        return json.loads(path.read_text())
+    counts = count_module_macs(unet, latent_size, context_length)
+    for name, table in counts.items():
+        atomic_write_json(cache_dir / f'{stem}_{name}.json', table)
+    return counts[convention]
+
+
+def unit_macs(units: Sequence[Unit], module_macs: Dict[str, int]) -> List[int]:
+    """MACs saved by skipping each unit (its bypass's own MACs subtracted)."""
+    saved = []
+    for unit in units:
+        macs = module_macs.get(unit.path, 0)
+        if unit.bypass == 'shortcut':
+            macs -= module_macs.get(f'{unit.path}.conv_shortcut', 0)
+        saved.append(macs)
+    return saved
+
+
+def mac_table(unet: UNet2DConditionModel, units: Sequence[Unit], space: str, resolution: int,
+              latent_scale: int, context_length: int, convention: str = 'fvcore',
+              cache_dir: Optional[Path] = None) -> MacTable:
+    """Per-unit MACs of ``units`` at ``resolution`` pixels (latent = resolution / latent_scale)."""
+    if resolution % latent_scale:
+        raise ValueError(f'resolution {resolution} px is not a multiple of the autoencoder '
+                         f'scale factor {latent_scale}')
+    latent = (resolution // latent_scale, ) * 2
+    modules = cached_module_macs(unet, latent, context_length, convention, cache_dir)
+    return MacTable(convention=convention, resolution=resolution, latent_size=latent,
+                    context_length=context_length, space=space, total_macs=modules[''],
+                    unit_names=[u.name for u in units], unit_kinds=[u.kind for u in units],
+                    unit_macs=unit_macs(units, modules))

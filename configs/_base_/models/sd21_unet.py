@@ -1,0 +1,33 @@
+# Stable Diffusion 2.1 (768 px, v-prediction) UNet: 865.9 M parameters, 34 `paper` units.
+# Weights: set `model.unet.pretrained` to a local diffusers SD2.1 folder.
+model = dict(
+    unet=dict(
+        type='DiffusersUNet',
+        pretrained=None,
+        subfolder='unet',
+        arch=dict(
+            act_fn='silu',
+            attention_head_dim=[5, 10, 20, 20],
+            block_out_channels=[320, 640, 1280, 1280],
+            cross_attention_dim=1024,
+            down_block_types=['CrossAttnDownBlock2D', 'CrossAttnDownBlock2D',
+                              'CrossAttnDownBlock2D', 'DownBlock2D'],
+            downsample_padding=1,
+            flip_sin_to_cos=True,
+            freq_shift=0,
+            in_channels=4,
+            layers_per_block=2,
+            mid_block_scale_factor=1,
+            norm_eps=1e-5,
+            norm_num_groups=32,
+            out_channels=4,
+            sample_size=96,
+            up_block_types=['UpBlock2D', 'CrossAttnUpBlock2D', 'CrossAttnUpBlock2D',
+                            'CrossAttnUpBlock2D'],
+            upcast_attention=True,
+            use_linear_projection=True)),
+    space=dict(type='paper'),
+    latent_scale=8,  # VAE downsampling: 768 px -> 96x96 latent
+    context_length=77,  # CLIP tokens
+    resolution=768,
+)

@@ -1,0 +1,60 @@
+"""Per-unit and total MACs of a config's backbone.
+
+    python tools/count_macs.py configs/_base_/models/sd21_unet.py --resolution 768
+
+Builds the UNet from the config's architecture with random weights (no
+download, no weights needed), finds the pruning space's units and prints their
+MACs per UNet call at batch 1; ``--out`` writes the table as JSON.
+"""
+import argparse
+
+import torch
+from mmengine.config import Config
+
+from alter.registry import MODELS, PRUNING_SPACES
+from alter.units.macs import CONVENTIONS, mac_table
+from alter.utils.io import atomic_write_json
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    parser.add_argument('config', help='config file with model.unet (and optionally model.space)')
+    parser.add_argument('--resolution', type=int, help='image size in pixels '
+                        '(default: model.resolution of the config)')
+    parser.add_argument('--convention', choices=CONVENTIONS, default='fvcore')
+    parser.add_argument('--space', help='pruning space (default: model.space.type of the config)')
+    parser.add_argument('--context-length', type=int, help='text tokens (default: model.context_length)')
+    parser.add_argument('--out', help='write the table to this JSON file')
+    return parser.parse_args()
+
+
+def main() -> None:
+    args = parse_args()
+    model = Config.fromfile(args.config).model
+    torch.set_grad_enabled(False)
+    unet = MODELS.build(dict(model.unet, load_weights=False)).eval()
+    space_name = args.space or model.get('space', {}).get('type', 'paper')
+    units = PRUNING_SPACES.build(dict(type=space_name)).find(unet)
+    table = mac_table(unet, units, space_name, args.resolution or model.resolution,
+                      model.get('latent_scale', 8),
+                      args.context_length or model.get('context_length', 77), args.convention)
+
+    giga = 1e9
+    print(f'{"unit":<18}{"kind":<6}{"GMACs":>10}{"% of UNet":>11}')
+    for name, kind, macs in zip(table.unit_names, table.unit_kinds, table.unit_macs):
+        print(f'{name:<18}{kind:<6}{macs / giga:>10.3f}{100 * macs / table.total_macs:>10.2f}%')
+    n_res = table.unit_kinds.count('res')
+    print(f'\nspace {space_name!r}: {len(units)} units ({len(units) - n_res} attn, {n_res} res); '
+          f'convention {table.convention!r}; {table.resolution} px -> latent '
+          f'{table.latent_size[0]}x{table.latent_size[1]}, context {table.context_length} tokens')
+    print(f'total     {table.total_macs / giga:10.2f} G MACs per UNet call (batch 1)')
+    print(f'prunable  {table.prunable_macs / giga:10.2f} G ({100 * (1 - table.min_keep_ratio):.1f} %)')
+    print(f'always kept {(table.total_macs - table.prunable_macs) / giga:8.2f} G '
+          f'(lowest reachable keep ratio {table.min_keep_ratio:.3f})')
+    if args.out:
+        atomic_write_json(args.out, table.to_dict())
+        print(f'wrote {args.out}')
+
+
+if __name__ == '__main__':
+    main()
