@@ -1,1 +1,3 @@
 """Datasets and transforms."""
+from alter.datasets import random_latents  # noqa: F401
+from alter.datasets import shapes  # noqa: F401

@@ -138,9 +138,12 @@ def count_module_macs(unet: UNet2DConditionModel, latent_size: Tuple[int, int],
                                   'text context only (SD 1.x / 2.x); this one needs '
                                   f'addition_embed_type={unet.config.addition_embed_type!r}')
     p = next(unet.parameters())
-    sample = torch.randn(1, unet.config.in_channels, *latent_size, device=p.device, dtype=p.dtype)
-    context = torch.randn(1, context_length, unet.config.cross_attention_dim,
-                          device=p.device, dtype=p.dtype)
+    # A private generator: whether the count comes from the cache must not
+    # change the global random stream (model initialisation follows).
+    g = torch.Generator().manual_seed(0)
+    sample = torch.randn(1, unet.config.in_channels, *latent_size, generator=g)
+    context = torch.randn(1, context_length, unet.config.cross_attention_dim, generator=g)
+    sample, context = (x.to(p.device, p.dtype) for x in (sample, context))
     timestep = torch.tensor([500], device=p.device)
     attention, handles = _attention_macs(unet)
     try:

@@ -26,6 +26,15 @@ model = dict(
                             'CrossAttnUpBlock2D'],
             upcast_attention=True,
             use_linear_projection=True)),
+    # SD2.1-768's noise schedule; v-prediction sets the denoising target.
+    noise_scheduler=dict(
+        num_train_timesteps=1000,
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule='scaled_linear',
+        prediction_type='v_prediction',
+        clip_sample=False,
+        steps_offset=1),
     space=dict(type='paper'),
     latent_scale=8,  # VAE downsampling: 768 px -> 96x96 latent
     context_length=77,  # CLIP tokens

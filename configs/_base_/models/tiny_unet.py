@@ -19,6 +19,11 @@ model = dict(
             up_block_types=['UpBlock2D', 'CrossAttnUpBlock2D', 'CrossAttnUpBlock2D',
                             'CrossAttnUpBlock2D'],
             use_linear_projection=True)),
+    noise_scheduler=dict(
+        num_train_timesteps=1000,
+        beta_schedule='squaredcos_cap_v2',
+        prediction_type='epsilon',
+        clip_sample=False),
     space=dict(type='paper'),
     latent_scale=2,
     context_length=8,

@@ -1,0 +1,240 @@
+"""ALTER's train_step and runs of the tiny config through mmengine's Runner."""
+import json
+import subprocess
+import sys
+import uuid
+
+import pytest
+import torch
+from diffusers import DDPMScheduler
+from mmengine.config import Config
+from mmengine.runner import Runner
+
+from alter.engine.checkpoint import trust_local_checkpoints
+from alter.engine.optim import SubmoduleOptimWrapperConstructor
+from alter.engine.run_config import check_and_record
+from alter.models.losses import capture_block_outputs, denoising_target
+from alter.registry import EXPERT_GENERATORS, MODELS, ROUTERS
+
+from .conftest import ROOT
+
+TINY = f'{ROOT}/configs/alter/tiny_e4_s35.py'
+
+
+def tiny_cfg(work_dir, **options) -> Config:
+    cfg = Config.fromfile(TINY)
+    cfg.merge_from_dict(options)
+    cfg.work_dir = str(work_dir)
+    cfg.experiment_name = uuid.uuid4().hex  # fresh logger and message hub per run
+    cfg.default_hooks.logger.interval = 1
+    cfg.log_processor.window_size = 1  # log each iteration's own values
+    return cfg
+
+
+def train(cfg: Config) -> Runner:
+    trust_local_checkpoints()
+    runner = Runner.from_cfg(cfg)
+    runner.train()
+    return runner
+
+
+def build_runner(cfg: Config) -> Runner:
+    trust_local_checkpoints()
+    return Runner.from_cfg(cfg)
+
+
+def scalars(work_dir) -> list:
+    """Per-iteration logged scalars of the newest run in ``work_dir``."""
+    path = sorted(work_dir.glob('*/vis_data/scalars.json'))[-1]
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def _optim(model):
+    cfg = Config.fromfile(TINY).optim_wrapper.to_dict()
+    cfg.pop('constructor')
+    return SubmoduleOptimWrapperConstructor(cfg)(model)
+
+
+def _batch(batch_size=4):
+    g = torch.Generator().manual_seed(0)
+    return dict(latents=torch.randn(batch_size, 12, 16, 16, generator=g),
+                context=torch.randn(batch_size, 8, 32, generator=g))
+
+
+def _snapshot(module):
+    return [p.detach().clone() for p in module.parameters()]
+
+
+def _changed(module, before):
+    return any(not torch.equal(p, q) for p, q in zip(module.parameters(), before))
+
+
+def _model(**options):
+    cfg = Config.fromfile(TINY)
+    cfg.merge_from_dict({f'model.{k}': v for k, v in options.items()})
+    torch.manual_seed(0)
+    return MODELS.build(cfg.model)
+
+
+def test_every_gate_starts_at_one_and_kd_starts_at_zero():
+    model = _model(hypernet_iters=0)  # UNet steps only, under the initial table
+    assert model.expert_masks.bool().all()
+    assert model.keep_ratios() == {'fvcore': 1.0, 'with_attention': 1.0}
+    # With all gates on, the student is the teacher: both KD terms vanish.
+    log = model.train_step(_batch(), _optim(model))
+    assert log['unet/loss_out_kd'] == 0 and log['unet/loss_feat_kd'] == 0
+    assert log['unet/loss_denoise'] > 0
+
+
+@pytest.mark.parametrize('estimator', ['straight_through', 'soft'])
+def test_joint_step_updates_both_and_freezes_each_in_turn(estimator):
+    model = _model(**{'hypernet.estimator': estimator})
+    optim = _optim(model)
+    unet, hyper = _snapshot(model.unet), _snapshot(model.hypernet)
+    model.train_step(_batch(), optim)
+    assert _changed(model.hypernet, hyper), 'no gradient reached the hypernetwork'
+    assert _changed(model.unet, unet)
+    assert all(p.requires_grad for p in model.unet.parameters())  # unfrozen afterwards
+    assert not any(p.requires_grad for p in model.teacher.parameters())
+
+
+def test_after_t_end_only_the_unet_trains_with_a_frozen_table():
+    model = _model(hypernet_iters=1)
+    optim = _optim(model)
+    model.train_step(_batch(), optim)
+    hyper, table = _snapshot(model.hypernet), model.routing_table.clone()
+    log = model.train_step(_batch(), optim)
+    assert not _changed(model.hypernet, hyper) and torch.equal(model.routing_table, table)
+    assert not any(k.startswith('hyper/') for k in log)
+
+
+def test_two_stage_trains_hypernetwork_alone_then_unet_alone():
+    model = _model(schedule='two_stage', hypernet_iters=1)
+    optim = _optim(model)
+    unet, hyper = _snapshot(model.unet), _snapshot(model.hypernet)
+    log = model.train_step(_batch(), optim)
+    assert not _changed(model.unet, unet) and _changed(model.hypernet, hyper)
+    assert not any(k.startswith('unet/') for k in log)
+    hyper = _snapshot(model.hypernet)
+    model.train_step(_batch(), optim)
+    assert _changed(model.unet, unet) and not _changed(model.hypernet, hyper)
+
+
+def test_checkpoint_state_excludes_teacher_and_round_trips():
+    model = _model()
+    state = model.state_dict()
+    assert not any('teacher' in k for k in state)
+    assert any(k.startswith('unet.') for k in state) and 'routing_table' in state
+    other = _model(seed=3)
+    missing, unexpected = other.load_state_dict(state, strict=True)
+    assert not missing and not unexpected
+
+
+def test_v_prediction_target_reconstructs_the_clean_latents():
+    scheduler = DDPMScheduler(beta_schedule='scaled_linear', beta_start=0.00085, beta_end=0.012,
+                              prediction_type='v_prediction')
+    x0, noise = torch.randn(3, 4, 8, 8), torch.randn(3, 4, 8, 8)
+    t = torch.tensor([10, 500, 990])
+    v = denoising_target(scheduler, x0, noise, t)
+    x_t = scheduler.add_noise(x0, noise, t)
+    alpha = scheduler.alphas_cumprod[t].sqrt().view(-1, 1, 1, 1)
+    sigma = (1 - scheduler.alphas_cumprod[t]).sqrt().view(-1, 1, 1, 1)
+    assert torch.allclose(alpha * x_t - sigma * v, x0, atol=1e-5)
+
+
+def test_feature_capture_sees_nine_blocks(tiny_unet, tiny_inputs):
+    with capture_block_outputs(tiny_unet) as features:
+        tiny_unet(*tiny_inputs)
+    assert len(features) == 9
+    assert [f.shape[1] for f in features] == [16, 32, 64, 64, 64, 64, 64, 32, 16]
+
+
+@pytest.mark.parametrize('options, message', [
+    (dict(target_sparsity=1.2), r'target_sparsity must lie in \(0, 1\)'),
+    (dict(target_sparsity=0.0), r'target_sparsity must lie in \(0, 1\)'),
+    (dict(num_experts=0), 'num_experts must be at least 1'),
+    (dict(target_sparsity=0.9), r'largest reachable sparsity is 0\.7'),
+    (dict(teacher=dict(type='DiffusersUNet', arch=dict(
+        Config.fromfile(TINY).model.unet.arch, cross_attention_dim=16))),
+     r"differ in \['cross_attention_dim'\]"),
+])
+def test_bad_settings_stop_before_training(options, message):
+    with pytest.raises(ValueError, match=message):
+        _model(**options)
+
+
+def test_resuming_with_another_config_is_refused(tmp_path):
+    check_and_record(tiny_cfg(tmp_path), resuming=False)
+    check_and_record(tiny_cfg(tmp_path, **{'train_cfg.max_iters': 80}), resuming=True)  # allowed
+    with pytest.raises(ValueError, match=r'different config .*model\.num_experts: 4 -> 8'):
+        check_and_record(tiny_cfg(tmp_path, **{'model.num_experts': 8}), resuming=True)
+
+
+def test_strong_sparsity_weight_reaches_the_target(tmp_path):
+    cfg = tiny_cfg(tmp_path, **{'model.loss_weights.ratio': 20.0, 'model.hypernet_iters': 60,
+                                'train_cfg.max_iters': 60})
+    train(cfg)
+    experts = json.loads((tmp_path / 'experts.json').read_text())
+    assert abs(experts['keep_ratio']['fvcore'] - 0.65) <= 0.05, experts['keep_ratio']
+
+
+def _router_options(name):
+    options = {'model.hypernet.router': dict(type=name), 'train_cfg.max_iters': 4,
+               'model.hypernet_iters': 4}
+    if name == 'StaticRouter':
+        options['model.num_experts'] = 1
+    return options
+
+
+@pytest.mark.parametrize('router', sorted(ROUTERS.module_dict))
+def test_every_router_trains_through_config(tmp_path, router):
+    runner = build_runner(tiny_cfg(tmp_path, **_router_options(router)))
+    before = _snapshot(runner.model.hypernet.router)
+    runner.train()
+    experts = json.loads((tmp_path / 'experts.json').read_text())
+    assert len(experts['routing_table']) == 1000
+    assert max(experts['routing_table']) < experts['num_experts']
+    router_module = runner.model.hypernet.router
+    assert _changed(router_module, before) == router_module.learnable
+    logged = scalars(tmp_path)
+    assert len(logged) == 4 and all('hyper/loss' in row for row in logged)
+
+
+@pytest.mark.parametrize('generator', sorted(EXPERT_GENERATORS.module_dict))
+def test_every_expert_generator_trains_through_config(tmp_path, generator):
+    train(tiny_cfg(tmp_path, **{'model.hypernet.expert_generator': dict(type=generator),
+                                'train_cfg.max_iters': 3}))
+    experts = json.loads((tmp_path / 'experts.json').read_text())
+    assert len(experts['expert_masks']) == 4 and len(experts['expert_masks'][0]) == 34
+
+
+def test_resumed_run_repeats_the_uninterrupted_losses(tmp_path):
+    options = {'train_cfg.max_iters': 10, 'model.hypernet_iters': 6,
+               'default_hooks.checkpoint.interval': 4}
+    train(tiny_cfg(tmp_path / 'straight', **options))
+    first = tiny_cfg(tmp_path / 'split', **dict(options, **{'train_cfg.max_iters': 4}))
+    train(first)
+    resumed = tiny_cfg(tmp_path / 'split', **options)
+    resumed.resume = True
+    train(resumed)
+    straight, split = scalars(tmp_path / 'straight'), scalars(tmp_path / 'split')
+    assert [row['iter'] for row in split] == list(range(5, 11))
+    for a, b in zip(straight[4:], split):
+        for key in ('unet/loss', 'unet/loss_denoise', 'keep_ratio_fvcore'):
+            assert a[key] == pytest.approx(b[key], rel=1e-5, abs=1e-7), (a['iter'], key)
+        assert ('hyper/loss' in a) == ('hyper/loss' in b)
+        if 'hyper/loss' in a:
+            assert a['hyper/loss'] == pytest.approx(b['hyper/loss'], rel=1e-5)
+
+
+def test_train_tool_writes_the_expert_file(tmp_path):
+    subprocess.run([sys.executable, 'tools/train.py', TINY, '--work-dir', str(tmp_path),
+                    '--cfg-options', 'train_cfg.max_iters=3'], cwd=ROOT, check=True,
+                   capture_output=True)
+    experts = json.loads((tmp_path / 'experts.json').read_text())
+    assert experts['space'] == 'paper' and len(experts['unit_names']) == 34
+    assert experts['unit_names'][0] == 'down.0.res.0'
+    assert set(experts['keep_ratio']) == {'fvcore', 'with_attention'}
+    assert experts['architecture']['config']['block_out_channels'] == [16, 32, 64, 64]
+    assert (tmp_path / 'run_config.json').exists()
+    assert list(tmp_path.glob('iter_3.pth'))

@@ -1,0 +1,59 @@
+"""Train a config with mmengine's Runner.
+
+    python tools/train.py configs/alter/sd21_e4_s35.py [--work-dir DIR]
+        [--cfg-options k=v ...] [--resume [PATH]] [--amp] [--launcher none|pytorch]
+"""
+import argparse
+import os.path as osp
+
+from mmengine.config import Config, DictAction
+from mmengine.runner import Runner
+
+from alter.engine.checkpoint import trust_local_checkpoints
+from alter.engine.run_config import check_and_record
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description='Train ALTER (or a dense model) from a config.')
+    parser.add_argument('config', help='config file, e.g. configs/alter/sd21_e4_s35.py')
+    parser.add_argument('--work-dir', help='where logs, checkpoints and the expert file go '
+                        '(default: work_dirs/<config name>)')
+    parser.add_argument('--resume', nargs='?', const='auto', metavar='PATH',
+                        help='resume from PATH, or from the latest checkpoint of the work dir')
+    parser.add_argument('--amp', action='store_true', help='automatic mixed precision')
+    parser.add_argument('--cfg-options', nargs='+', action=DictAction, default={},
+                        help='override config settings, e.g. model.num_experts=10')
+    parser.add_argument('--launcher', choices=['none', 'pytorch'], default='none',
+                        help='job launcher (pytorch = torchrun)')
+    return parser.parse_args()
+
+
+def use_amp(optim_wrapper: dict) -> None:
+    """Switch every optimiser wrapper of the config (one, or one per sub-module) to AMP."""
+    entries = [optim_wrapper] if 'optimizer' in optim_wrapper else \
+        [v for v in optim_wrapper.values() if isinstance(v, dict)]
+    for entry in entries:
+        entry['type'] = 'AmpOptimWrapper'
+        entry.setdefault('loss_scale', 'dynamic')
+
+
+def main() -> None:
+    args = parse_args()
+    trust_local_checkpoints()
+    cfg = Config.fromfile(args.config)
+    cfg.merge_from_dict(args.cfg_options)
+    cfg.launcher = args.launcher
+    cfg.work_dir = args.work_dir or cfg.get('work_dir') or osp.join(
+        'work_dirs', osp.splitext(osp.basename(args.config))[0])
+    if args.amp:
+        use_amp(cfg.optim_wrapper)
+    if args.resume == 'auto':
+        cfg.resume, cfg.load_from = True, None
+    elif args.resume:
+        cfg.resume, cfg.load_from = True, args.resume
+    check_and_record(cfg, resuming=bool(args.resume))
+    Runner.from_cfg(cfg).train()
+
+
+if __name__ == '__main__':
+    main()
