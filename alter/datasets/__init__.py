@@ -1,3 +1,5 @@
 """Datasets and transforms."""
 from alter.datasets import random_latents  # noqa: F401
 from alter.datasets import shapes  # noqa: F401
+from alter.datasets import sd_transforms  # noqa: F401
+from alter.datasets import text_image  # noqa: F401

@@ -27,7 +27,6 @@ Randomness (random crop, flip) comes from a generator seeded by
 in every epoch, in every worker and in a resumed run.
 """
 import abc
-import csv
 import glob
 import io
 import json
@@ -380,10 +379,8 @@ def _read_captions_file(path: str) -> pd.DataFrame:
         return pd.read_json(path, lines=True, dtype=False, convert_dates=False)
     if extension in ('.csv', '.tsv'):
         # keep_default_na=False: an empty caption stays '' (skipped later) instead of NaN.
-        # TSV is unquoted by convention, so a caption may start with a quote mark.
         return pd.read_csv(path, sep='\t' if extension == '.tsv' else ',', dtype=str,
-                           keep_default_na=False,
-                           quoting=csv.QUOTE_NONE if extension == '.tsv' else csv.QUOTE_MINIMAL)
+                           keep_default_na=False)
     raise ValueError(f'captions file {path!r} has extension {extension!r}; expected .csv, .tsv '
                      f'or .jsonl (one {{"file_name": ..., "caption": ...}} per line)')
 
@@ -431,19 +428,111 @@ class ImageFolderCaptions(CaptionedImageDataset):
         return os.path.join(self.root, self._files[index]), self._captions[index]
 
 
-class _TableDataset(CaptionedImageDataset):
-    """Rows of an in-memory or memory-mapped table: image cells, captions, optional keys.
+@DATASETS.register_module()
+class ParquetCaptions(CaptionedImageDataset):
+    """Rows of parquet files holding encoded images and captions (HF hub / img2dataset layout).
 
-    Subclasses set ``self._table`` (indexable by row, giving a dict or Series
-    with the three columns) and ``self._default_keys``.
+    The files are read into memory at init with pandas (pyarrow engine), which
+    suits datasets of a few GB; for LAION scale use TarShardDataset.
+
+    Args:
+        path: a path, glob or brace pattern, or a list of them.
+        image_column: encoded image bytes, or dicts with ``bytes`` as HF datasets write.
+        caption_column: captions.
+        key_column: sample ids; None keys a row as ``{file name}:{row}``.
+        **kwargs: ``transform``, ``seed``, ``max_skip_fraction`` of CaptionedImageDataset.
     """
 
-    def __init__(self, image_column: str, caption_column: str, key_column: Optional[str],
+    def __init__(self, path: Union[str, Sequence[str]], image_column: str = 'image',
+                 caption_column: str = 'caption', key_column: Optional[str] = None,
                  **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        self.image_column, self.caption_column, self.key_column = (
-            image_column, caption_column, key_column)
+        self.files = resolve_paths(path, 'parquet file')
+        columns = dict(image_column=image_column, caption_column=caption_column,
+                       key_column=key_column)
+        tables, keys = [], []
+        for file in self.files:
+            table = _read_parquet(file)
+            _check_columns(table.columns, columns, f'parquet file {file!r}')
+            tables.append(table[[image_column, caption_column]])
+            keys.extend(map(str, table[key_column]) if key_column is not None else
+                        (f'{os.path.basename(file)}:{row}' for row in range(len(table))))
+        self._table = pd.concat(tables, ignore_index=True)  # columns: image, caption
+        self._keys = PackedStrings(keys)
+        self._require_samples(f'parquet file(s) {self.files[:3]}...')
 
-    def _columns(self) -> Dict[str, Optional[str]]:
-        return dict(image_column=self.image_column, caption_column=self.caption_column,
-                    key_column=self.key_column)
+    def __len__(self) -> int:
+        return len(self._table)
+
+    def _key(self, index: int) -> str:
+        return self._keys[index]
+
+    def _read(self, index: int) -> Tuple[ImageSource, Any]:
+        return _image_source(self._table.iat[index, 0]), self._table.iat[index, 1]
+
+
+def _read_parquet(path: str) -> pd.DataFrame:
+    try:
+        return pd.read_parquet(path)
+    except ImportError as error:  # pandas found no parquet engine
+        raise ImportError(f'reading parquet needs the `pyarrow` package, which is not installed: '
+                          f'pip install pyarrow (pandas said: {error})') from error
+
+
+@DATASETS.register_module()
+class HFDiskDataset(CaptionedImageDataset):
+    """A dataset written by HF ``datasets``' ``save_to_disk`` (memory-mapped, not loaded).
+
+    Needs the ``datasets`` package, which alter does not depend on.
+
+    Args:
+        path: the folder ``save_to_disk`` wrote.
+        split: the split to use when the folder holds a DatasetDict; None for a Dataset.
+        image_column: an ``Image`` feature (read undecoded, so that a corrupt
+            image is skipped here rather than raising inside datasets) or encoded bytes.
+        caption_column: captions.
+        key_column: sample ids; None keys a row by its index.
+        **kwargs: ``transform``, ``seed``, ``max_skip_fraction`` of CaptionedImageDataset.
+    """
+
+    def __init__(self, path: str, split: Optional[str] = None, image_column: str = 'image',
+                 caption_column: str = 'caption', key_column: Optional[str] = None,
+                 **kwargs: Any) -> None:
+        try:
+            import datasets
+        except ImportError as error:
+            raise ImportError('HFDiskDataset needs the `datasets` package, which is not installed: '
+                              'pip install datasets (or export the data to parquet and use '
+                              'ParquetCaptions)') from error
+        super().__init__(**kwargs)
+        if not os.path.isdir(path):
+            raise FileNotFoundError(f'dataset folder {path!r} does not exist; expected a folder '
+                                    f'written by datasets.Dataset.save_to_disk')
+        data = datasets.load_from_disk(path)
+        if isinstance(data, datasets.DatasetDict):
+            if split not in data:
+                raise ValueError(f'{path!r} holds a DatasetDict with splits {list(data)}, got '
+                                 f'split={split!r}; pass one of them as split')
+            data = data[split]
+        elif split is not None:
+            raise ValueError(f'{path!r} holds a single Dataset, which has no splits; drop '
+                             f'split={split!r}')
+        _check_columns(data.column_names, dict(image_column=image_column,
+                                               caption_column=caption_column,
+                                               key_column=key_column), f'dataset {path!r}')
+        if isinstance(data.features[image_column], datasets.Image):
+            data = data.cast_column(image_column, datasets.Image(decode=False))
+        self.image_column, self.caption_column = image_column, caption_column
+        self._data = data.select_columns([image_column, caption_column])
+        self._keys = None if key_column is None else PackedStrings(map(str, data[key_column]))
+        self._require_samples(f'dataset {path!r}')
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+    def _key(self, index: int) -> str:
+        return str(index) if self._keys is None else self._keys[index]
+
+    def _read(self, index: int) -> Tuple[ImageSource, Any]:
+        row = self._data[index]
+        return _image_source(row[self.image_column]), row[self.caption_column]

@@ -14,19 +14,16 @@ Each sample has its own timestep, so both steps run the gated blend
 ``(1 - g) * bypass(x) + g * f(x)`` with per-sample gates (binary in step 3).
 """
 import copy
-import inspect
 from contextlib import contextmanager
 from typing import Dict, Iterator, List, Optional, Tuple
 
 import torch
-from diffusers import DDPMScheduler
-from mmengine.dist import get_rank
-from mmengine.model import BaseModel
 from mmengine.optim import OptimWrapperDict
 from torch import nn
 
+from alter.models.diffusion import LatentDiffusion
 from alter.models.hypernet import HyperNetwork
-from alter.models.losses import capture_block_outputs, denoising_target, unet_objective
+from alter.models.losses import capture_block_outputs, unet_objective
 from alter.models.regularizers import balance_loss
 from alter.registry import MODELS, PRUNING_SPACES, REGULARIZERS
 from alter.units.gating import UnitGating
@@ -48,15 +45,13 @@ def frozen(module: nn.Module) -> Iterator[None]:
 
 
 @MODELS.register_module()
-class ALTER(BaseModel):
+class ALTER(LatentDiffusion):
     """UNet + hypernetwork trained jointly under a MAC budget.
 
     Args:
         unet: config of the backbone (e.g. ``DiffusersUNet``); its weights are
             the student's initialisation and, unless ``teacher`` is given, the
             frozen dense teacher's.
-        noise_scheduler: ``DDPMScheduler`` keyword arguments (betas,
-            ``prediction_type``); the training target follows its prediction type.
         num_experts: N_E >= 1.
         target_sparsity: s in (0, 1); the MAC budget is keep ratio p = 1 - s of
             the whole UNet, averaged over all training timesteps.
@@ -67,26 +62,16 @@ class ALTER(BaseModel):
         regularizer: sparsity regulariser config (``LogRatio`` in the paper).
         loss_weights: ``denoise``, ``out_kd``, ``feat_kd``, ``ratio``, ``balance``.
         schedule: ``joint`` (ALTER) or ``two_stage`` (TwoStage ablation).
-        resolution, latent_scale, context_length: training image size in
-            pixels, autoencoder downsampling and text tokens; they fix the
-            per-unit MAC costs.
         mac_convention: convention of the sparsity budget (``fvcore`` as in the paper).
-        teacher: optional config of the dense teacher; same architecture required.
-        autoencoder, text_encoder: frozen conditioning components (see
-            ``alter.models.conditioning``) for batches of ``image`` and
-            ``caption``; batches that carry ``latents`` / ``context`` need none.
-        cond_dropout: probability of training a sample on the empty caption,
-            which classifier-free guidance needs at sampling time.
-        pretrained: a local diffusers pipeline folder; the default ``pretrained``
-            of the unet, teacher, autoencoder and text encoder configs.
-        seed: seeds the model's own generator (timesteps, noise, Gumbel noise),
-            re-seeded from (seed, rank, step) every step, so a resumed run
-            draws exactly what an uninterrupted one would.
+        teacher: optional config of the dense teacher; same architecture
+            required (default: a frozen copy of the initial UNet).
+        **kwargs: ``LatentDiffusion`` arguments (noise scheduler, conditioning,
+            ``pretrained``, ``resolution``, ``latent_scale``, ``context_length``,
+            ``seed``); the training resolution fixes the per-unit MAC costs.
     """
 
     def __init__(self,
                  unet: dict,
-                 noise_scheduler: dict,
                  num_experts: int,
                  target_sparsity: float,
                  hypernet_iters: int,
@@ -95,19 +80,9 @@ class ALTER(BaseModel):
                  regularizer: dict = dict(type='LogRatio'),
                  loss_weights: Optional[dict] = None,
                  schedule: str = 'joint',
-                 resolution: int = 512,
-                 latent_scale: int = 8,
-                 context_length: int = 77,
                  mac_convention: str = 'fvcore',
                  teacher: Optional[dict] = None,
-                 autoencoder: Optional[dict] = None,
-                 text_encoder: Optional[dict] = None,
-                 cond_dropout: float = 0.0,
-                 pretrained: Optional[str] = None,
-                 seed: int = 0,
-                 data_preprocessor: Optional[dict] = None,
-                 init_cfg: Optional[dict] = None) -> None:
-        super().__init__(data_preprocessor=data_preprocessor, init_cfg=init_cfg)
+                 **kwargs) -> None:
         if not 0 < target_sparsity < 1:
             raise ValueError(f'target_sparsity must lie in (0, 1) (fraction of UNet MACs '
                              f'removed), got {target_sparsity}')
@@ -117,46 +92,28 @@ class ALTER(BaseModel):
             raise ValueError(f"schedule must be 'joint' or 'two_stage', got {schedule!r}")
         if mac_convention not in CONVENTIONS:
             raise ValueError(f'mac_convention must be one of {CONVENTIONS}, got {mac_convention!r}')
+        super().__init__(unet, **kwargs)
         self.target_keep = 1.0 - target_sparsity
         self.hypernet_iters = hypernet_iters
         self.schedule = schedule
         self.mac_convention = mac_convention
         self.loss_weights = dict(DEFAULT_LOSS_WEIGHTS, **(loss_weights or {}))
-
-        if not 0 <= cond_dropout < 1:
-            raise ValueError(f'cond_dropout must lie in [0, 1), got {cond_dropout}')
-        self.cond_dropout = cond_dropout
-
-        def component(cfg: Optional[dict]) -> Optional[nn.Module]:
-            if cfg is None:
-                return None
-            if pretrained is not None and 'pretrained' in _builder_args(cfg['type']):
-                cfg = dict(cfg, pretrained=cfg.get('pretrained') or pretrained)
-            return MODELS.build(cfg)
-
-        self.unet = component(unet)
-        self.teacher = self._freeze(component(teacher) if teacher else copy.deepcopy(self.unet))
+        self.teacher = self._freeze(self.build_component(teacher) if teacher
+                                    else copy.deepcopy(self.unet))
         self._check_teacher()
-        self.autoencoder = self._freeze(component(autoencoder))
-        self.text_encoder = self._freeze(component(text_encoder))
-        self._check_conditioning(latent_scale, context_length)
-        # Frozen parts are rebuilt from their sources, never saved: checkpoints
-        # hold the student, the hypernetwork and the table only.
-        self.register_state_dict_post_hook(_drop_frozen_keys)
-        self.register_load_state_dict_post_hook(_ignore_missing_frozen_keys)
-        self.scheduler = DDPMScheduler(**noise_scheduler)
+
         self.space = PRUNING_SPACES.build(space)
         units = self.space.find(self.unet)
         self.gating = UnitGating(units)
         self.costs: Dict[str, MacTable] = {
-            c: mac_table(self.unet, units, self.space.name, resolution, latent_scale,
-                         context_length, c) for c in CONVENTIONS}
+            c: mac_table(self.unet, units, self.space.name, self.resolution, self.latent_scale,
+                         self.context_length, c) for c in CONVENTIONS}
         lowest = self.costs[mac_convention].min_keep_ratio
         if self.target_keep < lowest:
             raise ValueError(
                 f'target_sparsity {target_sparsity} needs keep ratio {self.target_keep:.3f}, but '
                 f'the non-prunable MACs alone are {lowest:.3f} of the UNet ({self.space.name!r} '
-                f'space, {resolution} px, {mac_convention!r} MACs); the largest reachable '
+                f'space, {self.resolution} px, {mac_convention!r} MACs); the largest reachable '
                 f'sparsity is {1 - lowest:.3f}')
         self.regularizer = REGULARIZERS.build(regularizer)
 
@@ -166,23 +123,9 @@ class ALTER(BaseModel):
         self.hypernet = HyperNetwork(len(units), num_experts, features, **(hypernet or {}))
         self.register_buffer('expert_masks', torch.ones(num_experts, len(units)))
         self.register_buffer('routing_table', torch.zeros(num_timesteps, dtype=torch.long))
-        self.register_buffer('num_steps', torch.zeros((), dtype=torch.long))
         self.refresh_table()
-        self.seed = seed
-        self.rng = torch.Generator()
 
     # -- construction helpers -------------------------------------------------
-
-    @staticmethod
-    def _freeze(module: Optional[nn.Module]) -> Optional[nn.Module]:
-        return None if module is None else module.requires_grad_(False).eval()
-
-    def train(self, mode: bool = True) -> 'ALTER':
-        super().train(mode)
-        for module in (self.teacher, self.autoencoder, self.text_encoder):
-            if module is not None:
-                module.eval()  # frozen parts stay in eval mode
-        return self
 
     def _check_teacher(self) -> None:
         if architecture_key(self.teacher) != architecture_key(self.unet):
@@ -190,20 +133,6 @@ class ALTER(BaseModel):
                       and self.teacher.config.get(k) != self.unet.config.get(k)}
             raise ValueError('the teacher must have the student UNet\'s architecture; they '
                              f'differ in {sorted(differ)}')
-
-    def _check_conditioning(self, latent_scale: int, context_length: int) -> None:
-        """The MAC costs assume these sizes; the components must produce them."""
-        if self.autoencoder is not None and self.autoencoder.scale_factor != latent_scale:
-            raise ValueError(f'model.latent_scale={latent_scale} but the autoencoder downsamples '
-                             f'by {self.autoencoder.scale_factor}; make them agree')
-        if self.text_encoder is not None:
-            if self.text_encoder.context_length != context_length:
-                raise ValueError(f'model.context_length={context_length} but the text encoder '
-                                 f'gives {self.text_encoder.context_length} tokens')
-            if self.text_encoder.dim != self.unet.config.cross_attention_dim:
-                raise ValueError(f'the text encoder gives {self.text_encoder.dim}-d states but '
-                                 f'the UNet cross-attends to '
-                                 f'{self.unet.config.cross_attention_dim}-d ones')
 
     # -- the mask table -------------------------------------------------------
 
@@ -228,11 +157,9 @@ class ALTER(BaseModel):
 
     def train_step(self, data: dict, optim_wrapper: OptimWrapperDict) -> Dict[str, torch.Tensor]:
         """One batch of Algorithm 1. ``data``: ``latents`` (B, C, h, w), ``context`` (B, L, D)."""
-        data = self.data_preprocessor(data, True)
         step = int(self.num_steps)
-        self.rng.manual_seed(hash((self.seed, get_rank(), step)) & 0xFFFFFFFFFFFF)
-        latents, context = self.encode(data)
-        x_t, timesteps, target = self._noisy_input(latents)
+        latents, context = self.start_step(data)
+        x_t, timesteps, target = self.noisy_input(latents)
         with torch.no_grad(), capture_block_outputs(self.teacher) as teacher_features:
             teacher_prediction = self.teacher(x_t, timesteps, context).sample
         reference = (target, teacher_prediction, teacher_features)
@@ -251,38 +178,6 @@ class ALTER(BaseModel):
         usage = torch.bincount(self.routing_table, minlength=len(self.expert_masks)).float()
         log.update({f'usage_expert{i}': u / len(self.routing_table) for i, u in enumerate(usage)})
         return log
-
-    @torch.no_grad()
-    def encode(self, data: dict) -> Tuple[torch.Tensor, torch.Tensor]:
-        """Latents (B, C, h, w) and context (B, L, D) of a batch.
-
-        Takes ``latents``/``context`` as given, or encodes ``image``/``caption``
-        with the frozen components; captions are dropped to '' with
-        probability ``cond_dropout``.
-        """
-        if 'latents' in data:
-            latents = data['latents']
-        elif self.autoencoder is not None and 'image' in data:
-            latents = self.autoencoder.encode(data['image']).float()
-        else:
-            raise KeyError("the batch has no 'latents', and no 'image' with model.autoencoder "
-                           f'set to encode it; batch keys: {sorted(data)}')
-        if 'context' in data:
-            return latents, data['context']
-        if self.text_encoder is None or 'caption' not in data:
-            raise KeyError("the batch has no 'context', and no 'caption' with "
-                           f'model.text_encoder set to encode it; batch keys: {sorted(data)}')
-        drop = torch.rand(len(data['caption']), generator=self.rng) < self.cond_dropout
-        captions = ['' if d else c for c, d in zip(data['caption'], drop.tolist())]
-        return latents, self.text_encoder(captions).to(latents)
-
-    def _noisy_input(self, latents: torch.Tensor) -> Tuple[torch.Tensor, ...]:
-        """x_t, timesteps (B,) and the denoising target for clean ``latents``."""
-        timesteps = torch.randint(0, self.scheduler.config.num_train_timesteps,
-                                  (latents.shape[0], ), generator=self.rng).to(latents.device)
-        noise = torch.randn(latents.shape, generator=self.rng).to(latents)
-        x_t = self.scheduler.add_noise(latents, noise, timesteps)
-        return x_t, timesteps, denoising_target(self.scheduler, latents, noise, timesteps)
 
     def _student(self, x_t: torch.Tensor, timesteps: torch.Tensor, context: torch.Tensor,
                  gates: torch.Tensor) -> Tuple[torch.Tensor, List[torch.Tensor]]:
@@ -329,13 +224,10 @@ class ALTER(BaseModel):
     def forward(self, latents: torch.Tensor, timesteps: torch.Tensor, context: torch.Tensor,
                 mode: str = 'tensor') -> torch.Tensor:
         """Routed prediction of the UNet under the hard table; shapes as the UNet's."""
-        if mode != 'tensor':
-            raise ValueError(f"ALTER.forward supports mode='tensor' only, got {mode!r}; "
-                             'training runs through train_step')
         with self.gating.soft(self.timestep_masks[timesteps]):
-            return self.unet(latents, timesteps, context).sample
+            return super().forward(latents, timesteps, context, mode)
 
-    # -- state ----------------------------------------------------------------
+    # -- export ---------------------------------------------------------------
 
     def export_experts(self) -> dict:
         """The deployable artifact: expert masks, routing table and their costs."""
@@ -355,27 +247,3 @@ class ALTER(BaseModel):
             resolution=table.resolution,
             context_length=table.context_length,
             step=int(self.num_steps))
-
-
-FROZEN = ('teacher', 'autoencoder', 'text_encoder')
-
-
-def _is_frozen_key(key: str) -> bool:
-    # Bare, or under a wrapper's prefix such as 'module.'.
-    return any(key.startswith(f'{name}.') or f'.{name}.' in key for name in FROZEN)
-
-
-def _drop_frozen_keys(module, state_dict, prefix, local_metadata) -> None:
-    for key in [k for k in state_dict if _is_frozen_key(k)]:
-        del state_dict[key]
-
-
-def _ignore_missing_frozen_keys(module, incompatible_keys) -> None:
-    missing = incompatible_keys.missing_keys
-    missing[:] = [k for k in missing if not _is_frozen_key(k)]
-
-
-def _builder_args(type_name) -> set:
-    """Argument names of a registered builder (class or function, or its name)."""
-    target = MODELS.get(type_name) if isinstance(type_name, str) else type_name
-    return set(inspect.signature(target).parameters)

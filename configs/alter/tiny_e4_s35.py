@@ -10,6 +10,7 @@ model = dict(
     num_experts=4,
     target_sparsity=0.35,
     hypernet_iters=30,
+    space=dict(type='paper'),
     hypernet=dict(estimator='straight_through'),
     regularizer=dict(type='LogRatio'),
     loss_weights=dict(denoise=1.0, out_kd=1.0, feat_kd=1.0, ratio=5.0, balance=1.0),

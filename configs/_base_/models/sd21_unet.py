@@ -1,6 +1,8 @@
 # Stable Diffusion 2.1 (768 px, v-prediction) UNet: 865.9 M parameters, 34 `paper` units.
-# Weights: set `model.unet.pretrained` to a local diffusers SD2.1 folder.
+# Weights: `--cfg-options model.pretrained=/path/to/stable-diffusion-2-1`, a local diffusers
+# pipeline folder (unet/, vae/, text_encoder/, tokenizer/); tools/count_macs.py needs none.
 model = dict(
+    pretrained=None,
     unet=dict(
         type='DiffusersUNet',
         pretrained=None,
@@ -35,7 +37,9 @@ model = dict(
         prediction_type='v_prediction',
         clip_sample=False,
         steps_offset=1),
-    space=dict(type='paper'),
+    # Frozen conditioning from the same local folder (model.pretrained).
+    autoencoder=dict(type='SDAutoencoder'),
+    text_encoder=dict(type='CLIPTextEncoder'),
     latent_scale=8,  # VAE downsampling: 768 px -> 96x96 latent
     context_length=77,  # CLIP tokens
     resolution=768,

@@ -24,7 +24,6 @@ model = dict(
         beta_schedule='squaredcos_cap_v2',
         prediction_type='epsilon',
         clip_sample=False),
-    space=dict(type='paper'),
     latent_scale=2,
     context_length=8,
     resolution=32,

@@ -1,0 +1,192 @@
+"""Latent diffusion training: a UNet, its noise scheduler and frozen conditioning.
+
+``LatentDiffusion`` trains the UNet densely (the teacher of the embedded
+benchmark, any plain fine-tune); ``ALTER`` builds on it. Both draw timesteps,
+noise and caption dropout from the model's own generator, re-seeded from
+(seed, rank, step) every step, so a resumed run draws exactly what an
+uninterrupted one would.
+"""
+import inspect
+from typing import Dict, Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+from diffusers import DDPMScheduler
+from mmengine.dist import get_rank
+from mmengine.model import BaseModel
+from mmengine.optim import OptimWrapperDict
+from torch import nn
+
+from alter.models.losses import denoising_target
+from alter.registry import MODELS
+
+FROZEN = ('teacher', 'autoencoder', 'text_encoder')
+
+
+@MODELS.register_module()
+class LatentDiffusion(BaseModel):
+    """Plain (dense) diffusion training of a UNet.
+
+    Args:
+        unet: config of the backbone (e.g. ``DiffusersUNet``).
+        noise_scheduler: ``DDPMScheduler`` keyword arguments; the training
+            target follows its ``prediction_type`` (epsilon, v or sample).
+        autoencoder, text_encoder: frozen conditioning components (see
+            ``alter.models.conditioning``) for batches of ``image`` and
+            ``caption``; batches that carry ``latents`` / ``context`` need none.
+        cond_dropout: probability of training a sample on the empty caption,
+            which classifier-free guidance needs at sampling time.
+        pretrained: a local diffusers pipeline folder; the default
+            ``pretrained`` of every component config that takes one.
+        resolution, latent_scale, context_length: image size in pixels,
+            autoencoder downsampling and text tokens of the training data.
+        seed: seed of the model's own generator.
+    """
+
+    def __init__(self,
+                 unet: dict,
+                 noise_scheduler: dict,
+                 autoencoder: Optional[dict] = None,
+                 text_encoder: Optional[dict] = None,
+                 cond_dropout: float = 0.0,
+                 pretrained: Optional[str] = None,
+                 resolution: int = 512,
+                 latent_scale: int = 8,
+                 context_length: int = 77,
+                 seed: int = 0,
+                 data_preprocessor: Optional[dict] = None,
+                 init_cfg: Optional[dict] = None) -> None:
+        super().__init__(data_preprocessor=data_preprocessor, init_cfg=init_cfg)
+        if not 0 <= cond_dropout < 1:
+            raise ValueError(f'cond_dropout must lie in [0, 1), got {cond_dropout}')
+        if resolution % latent_scale:
+            raise ValueError(f'resolution {resolution} px is not a multiple of latent_scale '
+                             f'{latent_scale}')
+        self.cond_dropout = cond_dropout
+        self.pretrained = pretrained
+        self.resolution, self.latent_scale = resolution, latent_scale
+        self.context_length = context_length
+        self.seed = seed
+        self.rng = torch.Generator()
+
+        self.unet = self.build_component(unet)
+        self.scheduler = DDPMScheduler(**noise_scheduler)
+        self.autoencoder = self._freeze(self.build_component(autoencoder))
+        self.text_encoder = self._freeze(self.build_component(text_encoder))
+        self._check_conditioning()
+        self.register_buffer('num_steps', torch.zeros((), dtype=torch.long))
+        # Frozen parts are rebuilt from their sources, never saved.
+        self.register_state_dict_post_hook(_drop_frozen_keys)
+        self.register_load_state_dict_post_hook(_ignore_missing_frozen_keys)
+
+    # -- construction ----------------------------------------------------------
+
+    def build_component(self, cfg: Optional[dict]) -> Optional[nn.Module]:
+        """Build a component config, defaulting its ``pretrained`` to the model's."""
+        if cfg is None:
+            return None
+        builder = MODELS.get(cfg['type']) if isinstance(cfg['type'], str) else cfg['type']
+        if self.pretrained is not None and 'pretrained' in inspect.signature(builder).parameters:
+            cfg = dict(cfg, pretrained=cfg.get('pretrained') or self.pretrained)
+        return MODELS.build(cfg)
+
+    @staticmethod
+    def _freeze(module: Optional[nn.Module]) -> Optional[nn.Module]:
+        return None if module is None else module.requires_grad_(False).eval()
+
+    def train(self, mode: bool = True) -> 'LatentDiffusion':
+        super().train(mode)
+        for name in FROZEN:
+            if getattr(self, name, None) is not None:
+                getattr(self, name).eval()  # frozen parts stay in eval mode
+        return self
+
+    def _check_conditioning(self) -> None:
+        """Latent and context sizes the config declares must be what the parts produce."""
+        if self.autoencoder is not None and self.autoencoder.scale_factor != self.latent_scale:
+            raise ValueError(f'model.latent_scale={self.latent_scale} but the autoencoder '
+                             f'downsamples by {self.autoencoder.scale_factor}; make them agree')
+        if self.text_encoder is not None:
+            if self.text_encoder.context_length != self.context_length:
+                raise ValueError(f'model.context_length={self.context_length} but the text '
+                                 f'encoder gives {self.text_encoder.context_length} tokens')
+            if self.text_encoder.dim != self.unet.config.cross_attention_dim:
+                raise ValueError(f'the text encoder gives {self.text_encoder.dim}-d states but '
+                                 'the UNet cross-attends to '
+                                 f'{self.unet.config.cross_attention_dim}-d ones')
+
+    # -- data ------------------------------------------------------------------
+
+    def start_step(self, data: dict) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Re-seed the generator for this step; latents and context of the batch."""
+        self.rng.manual_seed(hash((self.seed, get_rank(), int(self.num_steps))) & 0xFFFFFFFFFFFF)
+        return self.encode(self.data_preprocessor(data, True))
+
+    @torch.no_grad()
+    def encode(self, data: dict) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Latents (B, C, h, w) and context (B, L, D) of a batch.
+
+        Takes ``latents``/``context`` as given, or encodes ``image``/``caption``
+        with the frozen components; captions are dropped to '' with
+        probability ``cond_dropout``.
+        """
+        if 'latents' in data:
+            latents = data['latents']
+        elif self.autoencoder is not None and 'image' in data:
+            latents = self.autoencoder.encode(data['image']).float()
+        else:
+            raise KeyError("the batch has no 'latents', and no 'image' with model.autoencoder "
+                           f'set to encode it; batch keys: {sorted(data)}')
+        if 'context' in data:
+            return latents, data['context']
+        if self.text_encoder is None or 'caption' not in data:
+            raise KeyError("the batch has no 'context', and no 'caption' with "
+                           f'model.text_encoder set to encode it; batch keys: {sorted(data)}')
+        drop = torch.rand(len(data['caption']), generator=self.rng) < self.cond_dropout
+        captions = ['' if d else c for c, d in zip(data['caption'], drop.tolist())]
+        return latents, self.text_encoder(captions).to(latents)
+
+    def noisy_input(self, latents: torch.Tensor) -> Tuple[torch.Tensor, ...]:
+        """x_t, timesteps (B,) and the denoising target for clean ``latents``."""
+        timesteps = torch.randint(0, self.scheduler.config.num_train_timesteps,
+                                  (latents.shape[0], ), generator=self.rng).to(latents.device)
+        noise = torch.randn(latents.shape, generator=self.rng).to(latents)
+        x_t = self.scheduler.add_noise(latents, noise, timesteps)
+        return x_t, timesteps, denoising_target(self.scheduler, latents, noise, timesteps)
+
+    # -- training --------------------------------------------------------------
+
+    def train_step(self, data: dict, optim_wrapper: OptimWrapperDict) -> Dict[str, torch.Tensor]:
+        """One denoising step of the UNet (``optim_wrapper['unet']``)."""
+        latents, context = self.start_step(data)
+        x_t, timesteps, target = self.noisy_input(latents)
+        wrapper = optim_wrapper['unet']
+        with wrapper.optim_context(self.unet):
+            prediction = self.unet(x_t, timesteps, context).sample
+            loss = F.mse_loss(prediction.float(), target.float())
+        wrapper.update_params(loss)
+        self.num_steps += 1
+        return {'loss_denoise': loss.detach()}
+
+    def forward(self, latents: torch.Tensor, timesteps: torch.Tensor, context: torch.Tensor,
+                mode: str = 'tensor') -> torch.Tensor:
+        """The UNet's prediction; shapes as the UNet's."""
+        if mode != 'tensor':
+            raise ValueError(f"{type(self).__name__}.forward supports mode='tensor' only, got "
+                             f'{mode!r}; training runs through train_step')
+        return self.unet(latents, timesteps, context).sample
+
+
+def _is_frozen_key(key: str) -> bool:
+    # Bare, or under a wrapper's prefix such as 'module.'.
+    return any(key.startswith(f'{name}.') or f'.{name}.' in key for name in FROZEN)
+
+
+def _drop_frozen_keys(module, state_dict, prefix, local_metadata) -> None:
+    for key in [k for k in state_dict if _is_frozen_key(k)]:
+        del state_dict[key]
+
+
+def _ignore_missing_frozen_keys(module, incompatible_keys) -> None:
+    missing = incompatible_keys.missing_keys
+    missing[:] = [k for k in missing if not _is_frozen_key(k)]
