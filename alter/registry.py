@@ -11,6 +11,7 @@ from typing import Optional, Type
 
 from mmengine.registry import DATA_SAMPLERS as MMENGINE_DATA_SAMPLERS
 from mmengine.registry import DATASETS as MMENGINE_DATASETS
+from mmengine.registry import FUNCTIONS as MMENGINE_FUNCTIONS
 from mmengine.registry import HOOKS as MMENGINE_HOOKS
 from mmengine.registry import LOOPS as MMENGINE_LOOPS
 from mmengine.registry import METRICS as MMENGINE_METRICS
@@ -59,6 +60,7 @@ def _child(name: str, parent: Registry) -> AlterRegistry:
 MODELS = _child('model', MMENGINE_MODELS)
 DATASETS = _child('dataset', MMENGINE_DATASETS)
 DATA_SAMPLERS = _child('data sampler', MMENGINE_DATA_SAMPLERS)
+FUNCTIONS = _child('function', MMENGINE_FUNCTIONS)  # e.g. collate functions: type='alter.<name>'
 TRANSFORMS = _child('transform', MMENGINE_TRANSFORMS)
 METRICS = _child('metric', MMENGINE_METRICS)
 HOOKS = _child('hook', MMENGINE_HOOKS)

@@ -380,22 +380,32 @@ def test_hf_disk_dataset_without_datasets_names_it(tmp_path):
 
 def test_hf_disk_dataset(tmp_path):
     datasets = pytest.importorskip('datasets')
-    image_files = []
-    for colour in ('red', 'blue'):
-        image_files.append(str(tmp_path / f'{colour}.png'))
-        Image.new('RGB', (12, 20), COLOURS[colour]).save(image_files[-1])
-    data = datasets.Dataset.from_dict(
-        {'image': image_files, 'text': ['red', 'blue'], 'id': ['r', 'b']},
-        features=datasets.Features({'image': datasets.Image(), 'text': datasets.Value('string'),
-                                    'id': datasets.Value('string')}))
-    datasets.DatasetDict(train=data).save_to_disk(str(tmp_path / 'saved'))
-    dataset = HFDiskDataset(str(tmp_path / 'saved'), split='train', caption_column='text',
+    import pyarrow as pa
+    features = datasets.Features({'image': datasets.Image(), 'text': datasets.Value('string'),
+                                  'id': datasets.Value('string')})
+    rows = features.encode_batch({
+        'image': [Image.open(io.BytesIO(encode('red', 'PNG'))), b'corrupt',
+                  {'bytes': encode('blue', 'PNG'), 'path': None}],
+        'text': ['red', 'bad', 'blue'], 'id': ['r', 'x', 'b']})
+    # An explicit fingerprint skips datasets' dill hashing of the table, which breaks
+    # on some dill / pyarrow combinations and is beside the point here.
+    data = datasets.Dataset(pa.table(rows, schema=features.arrow_schema),
+                            info=datasets.DatasetInfo(features=features), fingerprint='test')
+    datasets.DatasetDict(train=data).save_to_disk(str(tmp_path / 'dict'))
+    data.save_to_disk(str(tmp_path / 'single'))
+    dataset = HFDiskDataset(str(tmp_path / 'dict'), split='train', caption_column='text',
                             key_column='id', transform=TRANSFORM)
-    assert [(dataset[i]['key'], dataset[i]['caption']) for i in (0, 1)] == [('r', 'red'),
-                                                                             ('b', 'blue')]
-    assert_colour(dataset[1]['image'], 'blue', atol=0)
+    samples = [dataset[i] for i in range(3)]
+    assert [(s['key'], s['caption']) for s in samples] == [('r', 'red'), ('b', 'blue'),
+                                                           ('b', 'blue')]
+    assert_colour(samples[0]['image'], 'red', atol=0)
+    assert dataset.num_skipped == 1
+    single = HFDiskDataset(str(tmp_path / 'single'), caption_column='text', transform=TRANSFORM)
+    assert single[0]['key'] == '0'
     with pytest.raises(ValueError, match=r"splits \['train'\]"):
-        HFDiskDataset(str(tmp_path / 'saved'), split='test')
+        HFDiskDataset(str(tmp_path / 'dict'), split='test')
+    with pytest.raises(ValueError, match='single Dataset'):
+        HFDiskDataset(str(tmp_path / 'single'), split='train')
 
 
 # -- building and bad input ------------------------------------------------------------------

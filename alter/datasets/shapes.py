@@ -30,7 +30,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from alter.registry import DATASETS
+from alter.registry import DATASETS, FUNCTIONS
 
 RGB = Tuple[int, int, int]
 
@@ -326,6 +326,7 @@ def attribute_indices(attrs: dict) -> dict:
     }
 
 
+@FUNCTIONS.register_module('shapes_collate')
 def collate(batch: Sequence[dict]) -> dict:
     """Batch samples: ``image`` (B, 3, H, W), ``index`` (B,) int64, ``caption`` and
     ``attributes`` as lists (torch's default collate rejects their ragged

