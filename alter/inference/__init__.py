@@ -1,0 +1,1 @@
+"""Inference: the ALTER checkpoint format, routed execution and the shared sampler."""

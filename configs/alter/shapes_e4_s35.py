@@ -1,0 +1,34 @@
+# ALTER on the embedded benchmark (Shapes-T2I): 4 experts, sparsity 0.35, from the
+# committed dense teacher (checkpoints/shapes_teacher), the paper's loss weights.
+# Sized for a 2-core CPU: 600 iterations at batch 32, T_end = 400.
+_base_ = [
+    '../_base_/models/shapes_ldm.py', '../_base_/datasets/shapes_t2i.py',
+    '../_base_/default_runtime.py'
+]
+
+model = dict(
+    type='ALTER',
+    pretrained='checkpoints/shapes_teacher',
+    num_experts=4,
+    target_sparsity=0.35,
+    hypernet_iters=400,
+    space=dict(type='paper'),
+    hypernet=dict(
+        expert_generator=dict(type='HyperExperts'),
+        router=dict(type='HyperNetRouter'),
+        estimator='straight_through'),
+    regularizer=dict(type='LogRatio'),
+    loss_weights=dict(denoise=1e-4, out_kd=1.0, feat_kd=1.0, ratio=5.0, balance=1.0),
+    schedule='joint',
+    cond_dropout=0.1)
+
+train_dataloader = dict(batch_size=32)
+train_cfg = dict(type='IterBasedTrainLoop', max_iters=600)
+optim_wrapper = dict(
+    constructor='SubmoduleOptimWrapperConstructor',
+    unet=dict(type='OptimWrapper', optimizer=dict(type='AdamW', lr=1e-4, weight_decay=0.01)),
+    hypernet=dict(type='OptimWrapper', optimizer=dict(type='AdamW', lr=2e-3, weight_decay=0.0)))
+warmup = [dict(type='LinearLR', start_factor=0.01, by_epoch=False, begin=0, end=50)]
+param_scheduler = dict(unet=warmup, hypernet=warmup)
+custom_hooks = [dict(type='ExpertExportHook', interval=100)]
+default_hooks = dict(logger=dict(interval=20), checkpoint=dict(interval=600, max_keep_ckpts=1))
