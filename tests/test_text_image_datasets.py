@@ -20,7 +20,7 @@ from alter.registry import DATASETS
 
 R = 8  # output resolution in pixels
 TRANSFORM = dict(type='SDImageTransform', resolution=R)
-# Colour -> its value in [-1, 1] per channel after the transform.
+# Colour name -> RGB (0..255) of the solid test images.
 COLOURS = {'red': (255, 0, 0), 'green': (0, 255, 0), 'blue': (0, 0, 255)}
 
 
@@ -48,7 +48,7 @@ def write_tar(path, members: dict) -> str:
 
 
 def numbered_shard(path, keys, corrupt=()) -> str:
-    """A shard with one red JPEG + .txt caption per key; keys in ``corrupt`` get a truncated JPEG."""
+    """A shard of a red JPEG + .txt caption per key; keys in ``corrupt`` get a truncated JPEG."""
     members = {}
     for key in keys:
         members[f'{key}.jpg'] = truncated_jpeg() if key in corrupt else encode('red')
@@ -126,9 +126,11 @@ def test_tar_shard_images_and_captions_from_txt_and_json(tmp_path):
     assert dataset.num_skipped == 0
 
 
-def test_json_caption_fields_are_configurable(tmp_path):
-    shard = write_tar(tmp_path / 's.tar', {'a.png': encode('red', 'PNG'),
-                                           'a.json': json.dumps({'prompt': 'p', 'caption': 'c'})})
+def test_json_caption_fields_fall_back_in_order(tmp_path):
+    shard = write_tar(tmp_path / 's.tar', {
+        'a.png': encode('red', 'PNG'), 'a.json': json.dumps({'prompt': 'p', 'caption': 'c'}),
+        'b.png': encode('red', 'PNG'), 'b.json': json.dumps({'caption': '', 'text': 't'})})
+    assert TarShardDataset(shard, transform=TRANSFORM)[1]['caption'] == 't'  # empty: next field
     dataset = TarShardDataset(shard, caption_fields=('prompt',), transform=TRANSFORM)
     assert dataset[0]['caption'] == 'p'
 

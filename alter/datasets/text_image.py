@@ -49,7 +49,8 @@ from alter.datasets.sd_transforms import SDImageTransform
 from alter.registry import DATASETS, TRANSFORMS
 
 IMAGE_EXTENSIONS = ('jpg', 'jpeg', 'png', 'webp')  # preference order when a key has several
-CAPTION_EXTENSIONS = ('txt', 'json')  # .txt first: img2dataset's .json is metadata that may lack a caption
+# .txt first: img2dataset's .json is per-sample metadata, which may lack a caption.
+CAPTION_EXTENSIONS = ('txt', 'json')
 
 # Errors meaning "this sample's data is bad", as opposed to a bug: PIL raises OSError
 # (truncated, unidentified, missing file), SyntaxError (broken PNG chunks), EOFError and
@@ -131,7 +132,8 @@ class CaptionedImageDataset(Dataset, abc.ABC):
         index = operator.index(index)
         size = len(self)
         if not -size <= index < size:
-            raise IndexError(f'index {index} out of range for {type(self).__name__} of length {size}')
+            raise IndexError(
+                f'index {index} out of range for {type(self).__name__} of length {size}')
         allowed = max(1, int(self.max_skip_fraction * size))
         attempts = min(allowed + 1, size)  # never retry a sample within one call
         for attempt in range(attempts):
@@ -162,7 +164,7 @@ class CaptionedImageDataset(Dataset, abc.ABC):
 
     def _skip(self, index: int, error: Exception) -> str:
         """Count and log a skipped sample; returns the reason for error messages."""
-        pass
+        self.num_skipped += 1
         reason = f'sample {self._key(index)!r} (index {index}): {type(error).__name__}: {error}'
         print_log(f'{type(self).__name__} skipped {reason}; {self.num_skipped} skipped so far '
                   f'in this process', logger='current', level=logging.WARNING)
@@ -323,7 +325,7 @@ class TarShardDataset(CaptionedImageDataset):
         self._index = np.array(rows, dtype=_TAR_INDEX)
         self._file: Optional[BinaryIO] = None
         self._file_owner: Optional[Tuple[int, int]] = None  # (pid, shard) of self._file
-        self._require_samples(f'{len(self.shards)} tar shard(s) {self.shards[:3]}...')
+        self._require_samples(f'{len(self.shards)} tar shard(s) from {shards!r}')
 
     def __len__(self) -> int:
         return len(self._index)
@@ -414,8 +416,8 @@ class ImageFolderCaptions(CaptionedImageDataset):
             raise FileNotFoundError(f'captions file {path!r} does not exist; expected a .csv, '
                                     f'.tsv or .jsonl file, named relative to root={root!r}')
         table = _read_captions_file(path)
-        _check_columns(table.columns, dict(file_column=file_column,
-                                           caption_column=caption_column), f'captions file {path!r}')
+        _check_columns(table.columns, dict(file_column=file_column, caption_column=caption_column),
+                       f'captions file {path!r}')
         self.root = root
         # A missing cell (NaN in JSONL) becomes '': the sample is skipped when read.
         self._files = PackedStrings(f if isinstance(f, str) else '' for f in table[file_column])
@@ -464,7 +466,7 @@ class ParquetCaptions(CaptionedImageDataset):
                         (f'{os.path.basename(file)}:{row}' for row in range(len(table))))
         self._table = pd.concat(tables, ignore_index=True)  # columns: image, caption
         self._keys = PackedStrings(keys)
-        self._require_samples(f'parquet file(s) {self.files[:3]}...')
+        self._require_samples(f'{len(self.files)} parquet file(s) from {path!r}')
 
     def __len__(self) -> int:
         return len(self._table)
@@ -506,9 +508,9 @@ class HFDiskDataset(CaptionedImageDataset):
         try:
             import datasets
         except ImportError as error:
-            raise ImportError('HFDiskDataset needs the `datasets` package, which is not installed: '
-                              'pip install datasets (or export the data to parquet and use '
-                              'ParquetCaptions)') from error
+            raise ImportError('HFDiskDataset needs the `datasets` package, which is not '
+                              'installed: pip install datasets (or export the data to parquet '
+                              'and use ParquetCaptions)') from error
         super().__init__(**kwargs)
         if not os.path.isdir(path):
             raise FileNotFoundError(f'dataset folder {path!r} does not exist; expected a folder '

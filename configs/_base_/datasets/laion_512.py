@@ -9,5 +9,5 @@ train_dataloader = dict(
     dataset=dict(
         type='TarShardDataset',
         shards='data/laion-aesthetics-6.5/{00000..00029}.tar',
-        resolution=512,
-        random_flip=True))
+        transform=dict(type='SDImageTransform', resolution=512, center_crop=True,
+                       random_flip=True)))
