@@ -6,6 +6,7 @@
 import argparse
 import os.path as osp
 
+import torch
 from mmengine.config import Config, DictAction
 from mmengine.runner import Runner
 
@@ -37,6 +38,20 @@ def use_amp(optim_wrapper: dict) -> None:
         entry.setdefault('loss_scale', 'dynamic')
 
 
+def setup_distributed(cfg: Config) -> None:
+    """DDP per trained sub-module (UNet, hypernetwork), as their train_step needs.
+
+    Without CUDA, the gloo process group is started here: mmengine's own
+    initialisation calls torch.cuda.set_device and gives DDP device ids.
+    """
+    wrapper = dict(type='MMSeparateDistributedDataParallel', broadcast_buffers=False,
+                   find_unused_parameters=False)
+    if not torch.cuda.is_available():
+        torch.distributed.init_process_group(backend='gloo')
+        wrapper['device_ids'] = None
+    cfg.model_wrapper_cfg = dict(wrapper, **cfg.get('model_wrapper_cfg', {}))
+
+
 def main() -> None:
     args = parse_args()
     trust_local_checkpoints()
@@ -51,6 +66,8 @@ def main() -> None:
         cfg.resume, cfg.load_from = True, None
     elif args.resume:
         cfg.resume, cfg.load_from = True, args.resume
+    if args.launcher != 'none':
+        setup_distributed(cfg)
     check_and_record(cfg, resuming=bool(args.resume))
     Runner.from_cfg(cfg).train()
 

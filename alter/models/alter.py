@@ -18,6 +18,7 @@ from contextlib import contextmanager
 from typing import Dict, Iterator, List, Optional, Tuple
 
 import torch
+from mmengine.dist import all_reduce_dict
 from mmengine.optim import OptimWrapperDict
 from torch import nn
 
@@ -30,6 +31,11 @@ from alter.units.gating import UnitGating
 from alter.units.macs import CONVENTIONS, MacTable, architecture_key, mac_table
 
 DEFAULT_LOSS_WEIGHTS = dict(denoise=1e-4, out_kd=1.0, feat_kd=1.0, ratio=5.0, balance=1.0)
+
+
+def bare(module: nn.Module) -> nn.Module:
+    """The module inside a DDP-style wrapper (mmengine wraps children under DDP)."""
+    return getattr(module, 'module', module)
 
 
 @contextmanager
@@ -144,7 +150,7 @@ class ALTER(LatentDiffusion):
     @torch.no_grad()
     def refresh_table(self) -> None:
         """Hard expert masks and routing table from the hypernetwork's deterministic rule."""
-        masks, route = self.hypernet.table()
+        masks, route = bare(self.hypernet).table()
         self.expert_masks.copy_(masks.float())
         self.routing_table.copy_(route)
 
@@ -177,17 +183,24 @@ class ALTER(LatentDiffusion):
         log.update({f'keep_ratio_{c}': torch.tensor(v) for c, v in self.keep_ratios().items()})
         usage = torch.bincount(self.routing_table, minlength=len(self.expert_masks)).float()
         log.update({f'usage_expert{i}': u / len(self.routing_table) for i, u in enumerate(usage)})
+        all_reduce_dict(log, 'mean')  # in place: log the global batch's values
         return log
 
-    def _student(self, x_t: torch.Tensor, timesteps: torch.Tensor, context: torch.Tensor,
+    def _student(self, unet: nn.Module, x_t: torch.Tensor, timesteps: torch.Tensor,
+                 context: torch.Tensor,
                  gates: torch.Tensor) -> Tuple[torch.Tensor, List[torch.Tensor]]:
-        """Gated UNet prediction and its 9 block outputs; gates (B, N_L)."""
-        with self.gating.soft(gates), capture_block_outputs(self.unet) as features:
-            prediction = self.unet(x_t, timesteps, context).sample
+        """Gated UNet prediction and its 9 block outputs; gates (B, N_L).
+
+        ``unet`` is ``self.unet`` (possibly a DDP wrapper, for the UNet step) or
+        the bare UNet (hypernetwork step: no UNet gradients to synchronise).
+        """
+        with self.gating.soft(gates), capture_block_outputs(bare(self.unet)) as features:
+            prediction = unet(x_t, timesteps, context).sample
         return prediction, features
 
-    def _objective(self, x_t, timesteps, context, gates, reference) -> Dict[str, torch.Tensor]:
-        prediction, features = self._student(x_t, timesteps, context, gates)
+    def _objective(self, unet, x_t, timesteps, context, gates,
+                   reference) -> Dict[str, torch.Tensor]:
+        prediction, features = self._student(unet, x_t, timesteps, context, gates)
         target, teacher_prediction, teacher_features = reference
         return unet_objective(prediction, target, teacher_prediction, features, teacher_features,
                               self.loss_weights)
@@ -195,9 +208,10 @@ class ALTER(LatentDiffusion):
     def _hypernet_step(self, x_t, timesteps, context, reference, optim_wrapper):
         """Hypernetwork update with the UNet frozen, then the table refresh."""
         w = self.loss_weights
-        with optim_wrapper.optim_context(self.hypernet), frozen(self.unet):
+        unet = bare(self.unet)
+        with optim_wrapper.optim_context(self.hypernet), frozen(unet):
             out = self.hypernet(generator=self.rng)
-            terms = self._objective(x_t, timesteps, context, out.timestep_masks[timesteps],
+            terms = self._objective(unet, x_t, timesteps, context, out.timestep_masks[timesteps],
                                     reference)
             keep = self.costs[self.mac_convention].keep_ratio(out.timestep_masks).mean()
             loss_perf = sum(terms.values())
@@ -215,8 +229,8 @@ class ALTER(LatentDiffusion):
     def _unet_step(self, x_t, timesteps, context, reference, optim_wrapper):
         """UNet update under the hard masks of the table (hypernetwork untouched)."""
         with optim_wrapper.optim_context(self.unet):
-            terms = self._objective(x_t, timesteps, context, self.timestep_masks[timesteps],
-                                    reference)
+            terms = self._objective(self.unet, x_t, timesteps, context,
+                                    self.timestep_masks[timesteps], reference)
             loss = sum(terms.values())
         optim_wrapper.update_params(loss)
         return {'unet/loss': loss.detach(), **{f'unet/{k}': v.detach() for k, v in terms.items()}}
@@ -233,9 +247,9 @@ class ALTER(LatentDiffusion):
         """The deployable artifact: expert masks, routing table and their costs."""
         table = self.costs[self.mac_convention]
         return dict(
-            architecture=dict(class_name=type(self.unet).__name__,
-                              key=architecture_key(self.unet),
-                              config={k: v for k, v in self.unet.config.items()
+            architecture=dict(class_name=type(bare(self.unet)).__name__,
+                              key=architecture_key(bare(self.unet)),
+                              config={k: v for k, v in bare(self.unet).config.items()
                                       if not k.startswith('_')}),
             space=self.space.name,
             unit_names=self.gating.names,

@@ -3,8 +3,11 @@
 ``LatentDiffusion`` trains the UNet densely (the teacher of the embedded
 benchmark, any plain fine-tune); ``ALTER`` builds on it. Both draw timesteps,
 noise and caption dropout from the model's own generator, re-seeded from
-(seed, rank, step) every step, so a resumed run draws exactly what an
-uninterrupted one would.
+(seed, step) every step, so a resumed run draws exactly what an uninterrupted
+one would. Draws are made for the *global* batch and each rank keeps its
+samples (rank r holds global positions r, r + W, ... as mmengine's samplers
+deal them out), so N ranks train exactly like one process with the global
+batch, up to float summation order.
 """
 import inspect
 from typing import Dict, Optional, Tuple
@@ -12,7 +15,7 @@ from typing import Dict, Optional, Tuple
 import torch
 import torch.nn.functional as F
 from diffusers import DDPMScheduler
-from mmengine.dist import get_rank
+from mmengine.dist import all_reduce_dict, get_rank, get_world_size
 from mmengine.model import BaseModel
 from mmengine.optim import OptimWrapperDict
 from torch import nn
@@ -119,8 +122,14 @@ class LatentDiffusion(BaseModel):
 
     def start_step(self, data: dict) -> Tuple[torch.Tensor, torch.Tensor]:
         """Re-seed the generator for this step; latents and context of the batch."""
-        self.rng.manual_seed(hash((self.seed, get_rank(), int(self.num_steps))) & 0xFFFFFFFFFFFF)
+        self.rng.manual_seed(hash((self.seed, int(self.num_steps))) & 0xFFFFFFFFFFFF)
         return self.encode(self.data_preprocessor(data, True))
+
+    def draw(self, sampler, batch_size: int, *shape, **kwargs) -> torch.Tensor:
+        """``sampler(global_batch, *shape, generator=rng)``; this rank's rows (batch_size, *shape)."""
+        world = get_world_size()
+        values = sampler(*((batch_size * world, ) + shape), generator=self.rng, **kwargs)
+        return values[get_rank()::world]
 
     @torch.no_grad()
     def encode(self, data: dict) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -142,15 +151,16 @@ class LatentDiffusion(BaseModel):
         if self.text_encoder is None or 'caption' not in data:
             raise KeyError("the batch has no 'context', and no 'caption' with "
                            f'model.text_encoder set to encode it; batch keys: {sorted(data)}')
-        drop = torch.rand(len(data['caption']), generator=self.rng) < self.cond_dropout
+        drop = self.draw(torch.rand, len(data['caption'])) < self.cond_dropout
         captions = ['' if d else c for c, d in zip(data['caption'], drop.tolist())]
         return latents, self.text_encoder(captions).to(latents)
 
     def noisy_input(self, latents: torch.Tensor) -> Tuple[torch.Tensor, ...]:
         """x_t, timesteps (B,) and the denoising target for clean ``latents``."""
-        timesteps = torch.randint(0, self.scheduler.config.num_train_timesteps,
-                                  (latents.shape[0], ), generator=self.rng).to(latents.device)
-        noise = torch.randn(latents.shape, generator=self.rng).to(latents)
+        num_timesteps = self.scheduler.config.num_train_timesteps
+        timesteps = self.draw(lambda *size, **kw: torch.randint(0, num_timesteps, size, **kw),
+                              latents.shape[0]).to(latents.device)
+        noise = self.draw(torch.randn, *latents.shape).to(latents)
         x_t = self.scheduler.add_noise(latents, noise, timesteps)
         return x_t, timesteps, denoising_target(self.scheduler, latents, noise, timesteps)
 
@@ -166,7 +176,9 @@ class LatentDiffusion(BaseModel):
             loss = F.mse_loss(prediction.float(), target.float())
         wrapper.update_params(loss)
         self.num_steps += 1
-        return {'loss_denoise': loss.detach()}
+        log = {'loss_denoise': loss.detach()}
+        all_reduce_dict(log, 'mean')  # in place: log the global batch's value
+        return log
 
     def forward(self, latents: torch.Tensor, timesteps: torch.Tensor, context: torch.Tensor,
                 mode: str = 'tensor') -> torch.Tensor:
