@@ -1,0 +1,173 @@
+"""Measured speed of routed experts against the dense UNet, beside the MAC ratios.
+
+    python tools/benchmark_speed.py configs/_base_/models/sd21_unet.py --latent 32
+    python tools/benchmark_speed.py CONFIG --checkpoint DIR      # a trained ALTER checkpoint
+
+Times, interleaved and as medians over repeats: one UNet call of the dense
+model and of an expert (per-step speedup), the host-side routing lookup, and
+whole sampling loops of dense N1 steps against ALTER N2 steps (end-to-end
+speedup). Without ``--checkpoint`` the UNet has random weights and one
+synthetic expert skips the costliest units until ``--sparsity`` of the whole
+UNet's MACs is removed. Classifier-free guidance doubles the batch, as in
+sampling. On CUDA it runs in float16.
+"""
+import argparse
+import json
+import platform
+import statistics
+import time
+from typing import Callable, Dict, List
+
+import torch
+from mmengine.config import Config
+
+from alter.inference.experts import ExpertSet, load_experts, load_unet
+from alter.inference.routing import ExpertRouter
+from alter.inference.sampler import build_sampling_scheduler, sample
+from alter.registry import MODELS, PRUNING_SPACES
+from alter.units.macs import architecture_key, mac_table
+from alter.utils.io import atomic_write_json
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    parser.add_argument('config', help='config with model.unet (architecture)')
+    parser.add_argument('--checkpoint', help='ALTER checkpoint directory (unet/ + experts.json)')
+    parser.add_argument('--sparsity', type=float, default=0.35,
+                        help='sparsity of the synthetic expert (without --checkpoint)')
+    parser.add_argument('--latent', type=int, help='latent side (default: config resolution / '
+                        'latent_scale)')
+    parser.add_argument('--batch', type=int, default=1, help='images per generation')
+    parser.add_argument('--steps', type=int, nargs=2, default=(50, 20), metavar=('DENSE', 'ALTER'))
+    parser.add_argument('--scheduler', default='ddim')
+    parser.add_argument('--repeats', type=int, default=5)
+    parser.add_argument('--loop-repeats', type=int, default=3, help='repeats of whole loops')
+    parser.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
+    parser.add_argument('--out', help='write the measurements as JSON')
+    return parser.parse_args()
+
+
+def synthetic_expert(unet, space: str, costs, sparsity: float) -> ExpertSet:
+    """One expert skipping the costliest units until ``sparsity`` of all MACs is removed."""
+    units = PRUNING_SPACES.build(dict(type=space)).find(unet)
+    keep = [True] * len(units)
+    removed = 0.0
+    for i in sorted(range(len(units)), key=lambda i: -costs.unit_macs[i]):
+        if removed >= sparsity * costs.total_macs:
+            break
+        keep[i] = False
+        removed += costs.unit_macs[i]
+    return ExpertSet(tuple(u.name for u in units), (tuple(keep), ), (0, ) * 1000, space,
+                     dict(key=architecture_key(unet)), {})
+
+
+def interleaved(fns: Dict[str, Callable[[], None]], repeats: int, sync: Callable) -> Dict:
+    """Median seconds of each function, measured A B C A B C ... after one warm-up each."""
+    for fn in fns.values():
+        fn()
+    times: Dict[str, List[float]] = {name: [] for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            sync()
+            start = time.perf_counter()
+            fn()
+            sync()
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(values) for name, values in times.items()}
+
+
+def main() -> None:
+    args = parse_args()
+    device = torch.device(args.device)
+    dtype = torch.float16 if device.type == 'cuda' else torch.float32
+    sync = torch.cuda.synchronize if device.type == 'cuda' else (lambda: None)
+    model_cfg = Config.fromfile(args.config).model
+    torch.manual_seed(0)
+    torch.set_grad_enabled(False)
+    if args.checkpoint:
+        unet, experts = load_unet(args.checkpoint), load_experts(args.checkpoint)
+    else:
+        unet, experts = MODELS.build(dict(model_cfg.unet, load_weights=False)), None
+    unet = unet.eval()
+    latent = args.latent or model_cfg.resolution // model_cfg.get('latent_scale', 8)
+    scale = model_cfg.get('latent_scale', 8)
+    context_length = model_cfg.get('context_length', 77)
+    space = experts.space if experts else 'paper'
+    units = PRUNING_SPACES.build(dict(type=space)).find(unet)
+    costs = mac_table(unet, units, space, latent * scale, scale, context_length)
+    experts = experts or synthetic_expert(unet, space, costs, args.sparsity)
+    unet = unet.to(device, dtype) if dtype != torch.float32 else unet.to(device)
+    router = ExpertRouter(unet, experts)
+
+    batch = 2 * args.batch  # classifier-free guidance
+    x = torch.randn(batch, unet.config.in_channels, latent, latent, device=device, dtype=dtype)
+    context = torch.randn(batch, context_length, unet.config.cross_attention_dim, device=device,
+                          dtype=dtype)
+    t = torch.tensor(500, device=device)
+    expert = experts.expert_at(500)  # the expert of the timestep the per-step timing uses
+    keep = costs.keep_ratio(torch.tensor(experts.masks[expert], dtype=torch.float64)).item()
+
+    def dense_call():
+        router.dense()
+        unet(x, t, context)
+
+    def expert_call():
+        router.select(500)
+        unet(x, t, context)
+
+    step = interleaved({'dense': dense_call, 'expert': expert_call}, args.repeats, sync)
+    lookups = 10_000
+    start = time.perf_counter()
+    for i in range(lookups):
+        router.select(float(i % 1000))
+    lookup = (time.perf_counter() - start) / lookups
+    router.dense()
+
+    noise = torch.randn(args.batch, unet.config.in_channels, latent, latent, device=device,
+                        dtype=dtype)
+    cond, uncond = context[:args.batch], context[args.batch:]
+    noise_config = dict(model_cfg.noise_scheduler)
+    dense_steps, alter_steps = args.steps
+
+    def loop(steps, routed):
+        return lambda: sample(unet, build_sampling_scheduler(args.scheduler, noise_config), noise,
+                              cond, uncond, steps, 7.5, router if routed else None)
+
+    loops = interleaved({f'dense-{dense_steps}': loop(dense_steps, False),
+                         f'ALTER-{alter_steps}': loop(alter_steps, True)}, args.loop_repeats, sync)
+    sched = build_sampling_scheduler(args.scheduler, noise_config)
+    sched.set_timesteps(alter_steps)
+    expert_keep = costs.keep_ratio(torch.tensor(experts.masks, dtype=torch.float64))
+    alter_macs = sum(expert_keep[experts.expert_at(s)].item() for s in sched.timesteps.tolist())
+    sched.set_timesteps(dense_steps)
+    dense_macs = len(sched.timesteps)
+
+    report = dict(
+        device=torch.cuda.get_device_name(device) if device.type == 'cuda'
+        else f'CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)',
+        dtype=str(dtype), latent=latent, batch=args.batch, guidance_batch=batch,
+        architecture=model_cfg.unet.get('type'), checkpoint=args.checkpoint,
+        gmacs_per_call=costs.total_macs * batch / 1e9, expert_keep_ratio=keep,
+        step_seconds=step, step_speedup=step['dense'] / step['expert'], step_mac_ratio=1 / keep,
+        lookup_seconds=lookup, lookup_fraction_of_step=lookup / step['expert'],
+        loop_seconds=loops,
+        end_to_end_speedup=loops[f'dense-{dense_steps}'] / loops[f'ALTER-{alter_steps}'],
+        end_to_end_mac_ratio=dense_macs / alter_macs)
+    report['step_speedup_vs_ideal'] = report['step_speedup'] / report['step_mac_ratio']
+    print(f"device: {report['device']}, {report['dtype']}, latent {latent}x{latent}, "
+          f'batch {args.batch} (x2 for guidance), {costs.total_macs * batch / 1e9:.1f} GMACs/call')
+    print(f'per step   dense {step["dense"] * 1e3:8.1f} ms   expert (keep {keep:.3f}) '
+          f'{step["expert"] * 1e3:8.1f} ms   speedup {report["step_speedup"]:.3f}x   '
+          f'MAC ratio {report["step_mac_ratio"]:.3f}x   ({100 * report["step_speedup_vs_ideal"]:.1f} '
+          '% of ideal)')
+    print(f'routing lookup {lookup * 1e6:.2f} us = {100 * report["lookup_fraction_of_step"]:.4f} % '
+          'of an expert step')
+    print(f"end to end dense-{dense_steps} {loops[f'dense-{dense_steps}']:.2f} s   "
+          f"ALTER-{alter_steps} {loops[f'ALTER-{alter_steps}']:.2f} s   speedup "
+          f"{report['end_to_end_speedup']:.2f}x   MAC ratio {report['end_to_end_mac_ratio']:.2f}x")
+    if args.out:
+        atomic_write_json(args.out, report)
+
+
+if __name__ == '__main__':
+    main()
