@@ -238,3 +238,24 @@ def test_train_tool_writes_the_expert_file(tmp_path):
     assert experts['architecture']['config']['block_out_channels'] == [16, 32, 64, 64]
     assert (tmp_path / 'run_config.json').exists()
     assert list(tmp_path.glob('iter_3.pth'))
+
+
+def test_gradient_checkpointing_gives_the_same_updates():
+    """Checkpointed unit forwards re-run in backward under the same gates."""
+    plain, checkpointed = _model(), _model(gradient_checkpointing=True)
+    assert checkpointed.unet.is_gradient_checkpointing
+    log_a = plain.train_step(_batch(), _optim(plain))
+    log_b = checkpointed.train_step(_batch(), _optim(checkpointed))
+    assert log_a['unet/loss'].item() == pytest.approx(log_b['unet/loss'].item(), rel=1e-5)
+    for module in ('unet', 'hypernet'):
+        for p, q in zip(getattr(plain, module).parameters(),
+                        getattr(checkpointed, module).parameters()):
+            assert torch.allclose(p, q, atol=1e-6), module
+
+
+def test_frozen_parts_in_half_precision():
+    model = _model(frozen_dtype='bfloat16')
+    assert next(model.teacher.parameters()).dtype == torch.bfloat16
+    assert next(model.unet.parameters()).dtype == torch.float32
+    log = model.train_step(_batch(), _optim(model))
+    assert torch.isfinite(log['unet/loss']) and log['unet/loss_out_kd'] >= 0

@@ -4,8 +4,9 @@
 
 Writes ``unet/`` (diffusers layout, safetensors) and, for ALTER models,
 ``experts.json`` (masks, routing table, keep ratios). The model is rebuilt
-from the config stored in the checkpoint (or ``--config``). With an EMA hook
-in training, the checkpoint's weights are the EMA weights.
+from the config stored in the checkpoint (or ``--config``). Runs with
+mmengine's ``EMAHook`` (dense teachers) store EMA weights as the checkpoint's
+weights already; ALTER runs with ``UNetEMAHook`` export theirs with ``--ema``.
 """
 import argparse
 
@@ -23,6 +24,8 @@ def main() -> None:
     parser.add_argument('--out', required=True, help='output directory')
     parser.add_argument('--config', help='config (default: the one stored in the checkpoint)')
     parser.add_argument('--half', action='store_true', help='store the UNet in float16')
+    parser.add_argument('--ema', action='store_true',
+                        help='export the UNet averaged by UNetEMAHook (checkpoint["ema_unet"])')
     args = parser.parse_args()
 
     checkpoint = torch.load(args.checkpoint, map_location='cpu', weights_only=False)
@@ -30,6 +33,10 @@ def main() -> None:
         Config.fromstring(checkpoint['meta']['cfg'], file_format='.py')
     model = MODELS.build(cfg.model)
     load_state_dict(model, checkpoint['state_dict'], strict=True)
+    if args.ema:
+        if 'ema_unet' not in checkpoint:
+            raise KeyError(f'{args.checkpoint} holds no ema_unet: train with UNetEMAHook')
+        model.unet.load_state_dict(checkpoint['ema_unet'])
     experts = model.export_experts() if hasattr(model, 'export_experts') else None
     save_checkpoint(args.out, model.unet, experts, half=args.half)
     print(f'wrote {args.out}: unet/' + (' + experts.json' if experts else ''))

@@ -2,7 +2,13 @@
 from mmengine.optim import DefaultOptimWrapperConstructor, OptimWrapperDict
 from torch import nn
 
-from alter.registry import OPTIM_WRAPPER_CONSTRUCTORS
+from alter.registry import OPTIM_WRAPPER_CONSTRUCTORS, OPTIMIZERS
+
+try:  # optional: 8-bit AdamW (bitsandbytes, CUDA) as optimizer type 'AdamW8bit'
+    from bitsandbytes.optim import AdamW8bit
+    OPTIMIZERS.register_module('AdamW8bit', module=AdamW8bit)
+except ImportError:
+    pass
 
 
 @OPTIM_WRAPPER_CONSTRUCTORS.register_module()

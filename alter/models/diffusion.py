@@ -43,6 +43,10 @@ class LatentDiffusion(BaseModel):
             ``pretrained`` of every component config that takes one.
         resolution, latent_scale, context_length: image size in pixels,
             autoencoder downsampling and text tokens of the training data.
+        frozen_dtype: dtype of the frozen parts (``float16``/``bfloat16`` halve
+            their memory on GPUs; None keeps float32).
+        gradient_checkpointing: recompute the UNet's resnet/transformer
+            activations in backward instead of storing them.
         seed: seed of the model's own generator.
     """
 
@@ -56,6 +60,8 @@ class LatentDiffusion(BaseModel):
                  resolution: int = 512,
                  latent_scale: int = 8,
                  context_length: int = 77,
+                 frozen_dtype: Optional[str] = None,
+                 gradient_checkpointing: bool = False,
                  seed: int = 0,
                  data_preprocessor: Optional[dict] = None,
                  init_cfg: Optional[dict] = None) -> None:
@@ -72,7 +78,10 @@ class LatentDiffusion(BaseModel):
         self.seed = seed
         self.rng = torch.Generator()
 
+        self.frozen_dtype = getattr(torch, frozen_dtype) if frozen_dtype else torch.float32
         self.unet = self.build_component(unet)
+        if gradient_checkpointing:
+            self.unet.enable_gradient_checkpointing()
         self.scheduler = DDPMScheduler(**noise_scheduler)
         self.autoencoder = self._freeze(self.build_component(autoencoder))
         self.text_encoder = self._freeze(self.build_component(text_encoder))
@@ -93,9 +102,10 @@ class LatentDiffusion(BaseModel):
             cfg = dict(cfg, pretrained=cfg.get('pretrained') or self.pretrained)
         return MODELS.build(cfg)
 
-    @staticmethod
-    def _freeze(module: Optional[nn.Module]) -> Optional[nn.Module]:
-        return None if module is None else module.requires_grad_(False).eval()
+    def _freeze(self, module: Optional[nn.Module]) -> Optional[nn.Module]:
+        if module is None:
+            return None
+        return module.requires_grad_(False).eval().to(self.frozen_dtype)
 
     def train(self, mode: bool = True) -> 'LatentDiffusion':
         super().train(mode)

@@ -1,0 +1,183 @@
+"""The embedded benchmark end to end: train ALTER from the shipped teacher, then
+compare dense-50, dense-20 and ALTER-20 on the same prompts and seeds.
+
+    python tools/demo.py [--work-dir work_dirs/demo] [--seed 0] [--num-prompts 300]
+
+Prints a table (keep ratio, MACs per generation, measured speedups, proxy
+FID/KID, attribute accuracy, alignment) and writes ``results.json`` and
+``grid.png`` (prompts x methods) into the work dir. The quality metrics are
+the benchmark's proxies (EfficientNet-Lite0 features, a trained attribute
+classifier, a LiT-style MiniLM/EfficientNet scorer), not Inception FID or CLIP.
+"""
+import argparse
+import json
+import platform
+import statistics
+import time
+import uuid
+from pathlib import Path
+
+import torch
+from mmengine.config import Config, DictAction
+from mmengine.runner import Runner
+
+from alter.datasets.shapes import ShapesT2I
+from alter.engine.checkpoint import trust_local_checkpoints
+from alter.evaluation.benchmark import evaluate_images, grid_figure
+from alter.inference.experts import load_experts, load_unet, save_checkpoint
+from alter.inference.pipeline import TextToImage, macs_per_generation
+from alter.inference.routing import ExpertRouter
+from alter.utils.io import atomic_write_json
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    parser.add_argument('--config', default='configs/alter/shapes_e4_s35.py')
+    parser.add_argument('--work-dir', default='work_dirs/demo')
+    parser.add_argument('--seed', type=int, default=0, help='training and sampling seed')
+    parser.add_argument('--num-prompts', type=int, default=300)
+    parser.add_argument('--steps', type=int, nargs=2, default=(50, 20), metavar=('DENSE', 'FEW'))
+    parser.add_argument('--guidance', type=float, default=3.0)
+    parser.add_argument('--scheduler', default='ddim')
+    parser.add_argument('--timing-repeats', type=int, default=3)
+    parser.add_argument('--timing-batch', type=int, default=16)
+    parser.add_argument('--reuse', action='store_true',
+                        help='reuse the ALTER checkpoint of an earlier run in the work dir')
+    parser.add_argument('--cfg-options', nargs='+', action=DictAction, default={},
+                        help='training overrides, e.g. train_cfg.max_iters=1200')
+    return parser.parse_args()
+
+
+def train_alter(args, work_dir: Path):
+    """Train ALTER with mmengine's Runner; returns the trained model."""
+    cfg = Config.fromfile(args.config)
+    cfg.merge_from_dict(args.cfg_options)
+    cfg.work_dir = str(work_dir / 'train')
+    cfg.experiment_name = f'demo_{uuid.uuid4().hex[:8]}'
+    cfg.randomness = dict(seed=args.seed)
+    cfg.model.seed = args.seed
+    trust_local_checkpoints()
+    runner = Runner.from_cfg(cfg)
+    runner.train()
+    return runner.model
+
+
+def time_generations(methods: dict, captions, seeds, args) -> dict:
+    """Median seconds per generation of each method, repeats interleaved."""
+    times = {name: [] for name in methods}
+    for _ in range(args.timing_repeats):
+        for name, (generate, steps) in methods.items():
+            start = time.perf_counter()
+            generate(captions, seeds, steps, args.guidance, args.scheduler,
+                     batch_size=len(captions), progress=False)
+            times[name].append((time.perf_counter() - start) / len(captions))
+    return {name: statistics.median(values) for name, values in times.items()}
+
+
+def main() -> None:
+    args = parse_args()
+    work_dir = Path(args.work_dir)
+    started = time.perf_counter()
+    stage_seconds = {}
+
+    checkpoint = work_dir / 'alter_checkpoint'
+    cfg = Config.fromfile(args.config)
+    if args.reuse and (checkpoint / 'experts.json').exists():
+        model = Runner.from_cfg(dict(cfg, work_dir=str(work_dir / 'train'),
+                                     experiment_name=f'reuse_{uuid.uuid4().hex[:8]}')).model
+    else:
+        model = train_alter(args, work_dir)
+        save_checkpoint(checkpoint, model.unet, model.export_experts())
+    stage_seconds['train'] = time.perf_counter() - started
+    model.eval()
+
+    # The deployable artifact, loaded back as a user would: one UNet + expert file.
+    experts = load_experts(checkpoint)
+    student = load_unet(checkpoint).eval()
+    router = ExpertRouter(student, experts)
+    dense = TextToImage.from_model(model, unet=model.teacher)
+    alter = TextToImage.from_model(model, unet=student, router=router)
+    dense_steps, few_steps = args.steps
+    methods = {f'dense-{dense_steps}': (dense, dense_steps),
+               f'dense-{few_steps}': (dense, few_steps),
+               f'ALTER-{few_steps}': (alter, few_steps)}
+
+    prompts = ShapesT2I('val', num_samples=args.num_prompts, seed=args.seed)
+    samples = [prompts[i] for i in range(len(prompts))]
+    captions = [s['caption'] for s in samples]
+    seeds = [args.seed * 100_000 + i for i in range(len(samples))]
+
+    t0 = time.perf_counter()
+    images = {name: generate(captions, seeds, steps, args.guidance, args.scheduler)
+              for name, (generate, steps) in methods.items()}
+    stage_seconds['sample'] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    per_generation = time_generations(methods, captions[:args.timing_batch],
+                                      seeds[:args.timing_batch], args)
+    stage_seconds['timing'] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    reference = torch.stack([s['image'] for s in samples])
+    quality = {name: evaluate_images(imgs, samples, reference) for name, imgs in images.items()}
+    stage_seconds['evaluate'] = time.perf_counter() - t0
+
+    rows = []
+    noise_config = model.scheduler.config
+    base = f'dense-{dense_steps}'
+    for name, (_, steps) in methods.items():
+        routed = experts if name.startswith('ALTER') else None
+        macs = {c: macs_per_generation(costs, steps, args.scheduler, noise_config, routed)
+                for c, costs in model.costs.items()}
+        rows.append(dict(
+            method=name, steps=steps,
+            keep_ratio=experts.keep_ratio['fvcore'] if routed else 1.0,
+            gmacs_per_generation=macs['fvcore'] / 1e9,
+            gmacs_per_generation_with_attention=macs['with_attention'] / 1e9,
+            seconds_per_generation=per_generation[name],
+            **quality[name]))
+    for row in rows:
+        row['macs_vs_dense_50'] = row['gmacs_per_generation'] / rows[0]['gmacs_per_generation']
+        row['speedup_vs_dense_50'] = per_generation[base] / row['seconds_per_generation']
+        row['speedup_vs_dense_20'] = (per_generation[f'dense-{few_steps}'] /
+                                      row['seconds_per_generation'])
+
+    stage_seconds['total'] = time.perf_counter() - started
+    results = dict(
+        rows=rows, stage_seconds=stage_seconds,
+        settings=dict(config=args.config, seed=args.seed, num_prompts=len(samples),
+                      prompt_split='val', scheduler=args.scheduler, guidance=args.guidance,
+                      cfg_options=args.cfg_options, timing_batch=args.timing_batch,
+                      timing_repeats=args.timing_repeats, threads=torch.get_num_threads(),
+                      machine=platform.processor() or platform.machine(),
+                      metrics_note='proxy metrics of the embedded benchmark: FID/KID on '
+                                   'EfficientNet-Lite0 features, attribute accuracy of a '
+                                   'trained classifier, LiT-style MiniLM/EfficientNet alignment'),
+        experts=dict(keep_ratio=experts.keep_ratio, num_experts=experts.num_experts,
+                     routing_table=list(experts.route)))
+    atomic_write_json(work_dir / 'results.json', results)
+    grid_figure(reference[:8], {n: imgs[:8] for n, imgs in images.items()}, captions[:8],
+                work_dir / 'grid.png')
+    print_table(rows)
+    print(f"stages (s): {', '.join(f'{k} {v:.0f}' for k, v in stage_seconds.items())}")
+    print(f'wrote {work_dir / "results.json"} and {work_dir / "grid.png"}')
+
+
+def print_table(rows) -> None:
+    columns = [('method', '{}'), ('keep_ratio', '{:.3f}'), ('gmacs_per_generation', '{:.2f}'),
+               ('macs_vs_dense_50', '{:.3f}'), ('seconds_per_generation', '{:.3f}'),
+               ('speedup_vs_dense_50', '{:.2f}x'), ('speedup_vs_dense_20', '{:.2f}x')]
+    metric_keys = [k for k in rows[0] if k not in dict(columns) and k not in (
+        'steps', 'gmacs_per_generation_with_attention')]
+    columns += [(k, '{:.4g}') for k in metric_keys]
+    table = [[fmt.format(row[key]) for key, fmt in columns] for row in rows]
+    widths = [max(len(key), *(len(r[i]) for r in table)) for i, (key, _) in enumerate(columns)]
+    print('  '.join(key.ljust(w) for (key, _), w in zip(columns, widths)))
+    for r in table:
+        print('  '.join(v.ljust(w) for v, w in zip(r, widths)))
+    print('(MACs per generation: fvcore convention, classifier-free guidance = 2 UNet calls '
+          'per step; quality columns are the benchmark\'s proxies)')
+
+
+if __name__ == '__main__':
+    main()

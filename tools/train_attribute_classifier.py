@@ -1,0 +1,106 @@
+"""Train the Shapes-T2I attribute classifier (``alter.evaluation.attributes``) on CPU.
+
+    python tools/train_attribute_classifier.py --out checkpoints/attribute_classifier.safetensors
+
+Streams fresh ``train`` renders (no image is seen twice), then reports accuracy on
+``val`` renders and on ``heldout`` renders (unseen colour-shape pairs) with every
+label scored, and stores the command, settings, accuracies and time in the
+weights file's metadata (read it with ``safetensors.safe_open(path, 'pt').metadata()``).
+"""
+import argparse
+import platform
+import shlex
+import sys
+import time
+
+import torch
+
+from alter.datasets.shapes import ShapesT2I, collate
+from alter.evaluation.attributes import (AttributeClassifier, load_attribute_classifier, score,
+                                         summarise)
+from alter.evaluation.weights import save_weights
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    parser.add_argument('--out', required=True, help='weights file (.safetensors) to write')
+    parser.add_argument('--steps', type=int, default=1500)
+    parser.add_argument('--batch-size', type=int, default=64)
+    parser.add_argument('--lr', type=float, default=3e-3)
+    parser.add_argument('--jitter', type=float, default=12.0,
+                        help='colour jitter (0-255 RGB units): std of a per-image channel '
+                        'offset and of per-pixel noise, so generated images with slightly '
+                        'off colours are still read')
+    parser.add_argument('--eval-samples', type=int, default=2000,
+                        help='val and heldout renders to report accuracy on')
+    parser.add_argument('--seed', type=int, default=0)
+    parser.add_argument('--threads', type=int, default=1, help='torch CPU threads')
+    return parser.parse_args()
+
+
+def jitter(images: torch.Tensor, strength: float, generator: torch.Generator) -> torch.Tensor:
+    """Images (B, 3, H, W) in [-1, 1] with a random per-image colour offset and pixel noise."""
+    scale = strength / 127.5
+    offset = torch.randn(images.shape[0], 3, 1, 1, generator=generator) * scale
+    noise = torch.randn(images.shape, generator=generator) * scale
+    return (images + offset + noise).clamp(-1, 1)
+
+
+@torch.no_grad()
+def evaluate(model: AttributeClassifier, split: str, num_samples: int, seed: int) -> dict:
+    """Accuracies (``summarise``) on ``num_samples`` renders of ``split``, every label scored."""
+    dataset = ShapesT2I(split, num_samples, seed=seed)
+    results = []
+    for start in range(0, num_samples, 250):
+        batch = collate([dataset[i] for i in range(start, min(start + 250, num_samples))])
+        results += score(model.predict(batch['image']), batch['attributes'], every_label=True)
+    return summarise(results)
+
+
+def main() -> None:
+    args = parse_args()
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    generator = torch.Generator().manual_seed(args.seed)
+    model = AttributeClassifier()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=1e-4)
+    scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, args.lr, total_steps=args.steps,
+                                                    pct_start=0.1)
+    train = ShapesT2I('train', args.steps * args.batch_size, seed=args.seed)
+    start = time.time()
+    for step in range(args.steps):
+        first = step * args.batch_size
+        batch = collate([train[i] for i in range(first, first + args.batch_size)])
+        losses = model.loss(jitter(batch['image'], args.jitter, generator), batch['attributes'])
+        loss = sum(losses.values())
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        scheduler.step()
+        if step % 250 == 0 or step == args.steps - 1:
+            parts = ' '.join(f'{k}={v.item():.4f}' for k, v in losses.items())
+            print(f'step {step:5d}  {time.time() - start:6.1f} s  loss={loss.item():.4f}  {parts}',
+                  flush=True)
+    train_seconds = time.time() - start
+
+    metadata = dict(config=model.config,
+                    command=' '.join(shlex.quote(a) for a in ['python'] + sys.argv),
+                    settings=vars(args), train_seconds=round(train_seconds, 1),
+                    train_images=args.steps * args.batch_size,
+                    versions=dict(torch=torch.__version__, python=platform.python_version()))
+    save_weights(model, args.out, metadata)
+    # Report the saved (fp16) weights, exactly what the metric will load.
+    saved = load_attribute_classifier(args.out)
+    accuracy = {split: evaluate(saved, split, args.eval_samples, seed=args.seed)
+                for split in ('val', 'heldout')}
+    total_seconds = time.time() - start
+    for split, summary in accuracy.items():
+        print(f'{split:8s} ' + '  '.join(f'{k}={v:.4f}' for k, v in summary.items()))
+    print(f'train {train_seconds:.1f} s, total {total_seconds:.1f} s '
+          f'({args.threads} thread(s)); wrote {args.out}')
+    save_weights(model, args.out, dict(metadata, accuracy=accuracy, eval_samples=args.eval_samples,
+                                       total_seconds=round(total_seconds, 1)))
+
+
+if __name__ == '__main__':
+    main()
