@@ -258,6 +258,9 @@ class ALTER(LatentDiffusion):
             routing_table=self.routing_table.tolist(),
             keep_ratio=self.keep_ratios(),
             target_keep_ratio=self.target_keep,
+            macs={c: dict(total_per_call=t.total_macs,
+                          expert_keep_ratio=t.keep_ratio(self.expert_masks.double()).tolist())
+                  for c, t in self.costs.items()},
             resolution=table.resolution,
             context_length=table.context_length,
             step=int(self.num_steps))
