@@ -3,6 +3,6 @@
 Importing the package registers its components; it loads no weights and
 downloads nothing.
 """
-from alter import datasets, engine, models, registry, units  # noqa: F401
+from alter import datasets, engine, evaluation, models, registry, units  # noqa: F401
 
 __version__ = '0.1.0'

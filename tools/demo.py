@@ -23,7 +23,7 @@ from mmengine.runner import Runner
 
 from alter.datasets.shapes import ShapesT2I
 from alter.engine.checkpoint import trust_local_checkpoints
-from alter.evaluation.benchmark import evaluate_images, grid_figure
+from alter.evaluation.benchmark import BenchmarkEvaluator, default_metrics, grid_figure
 from alter.inference.experts import load_experts, load_unet, save_checkpoint
 from alter.inference.pipeline import TextToImage, macs_per_generation
 from alter.inference.routing import ExpertRouter
@@ -118,8 +118,8 @@ def main() -> None:
     stage_seconds['timing'] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
-    reference = torch.stack([s['image'] for s in samples])
-    quality = {name: evaluate_images(imgs, samples, reference) for name, imgs in images.items()}
+    evaluator = BenchmarkEvaluator(default_metrics(len(samples)))
+    quality = {name: evaluator(imgs, samples) for name, imgs in images.items()}
     stage_seconds['evaluate'] = time.perf_counter() - t0
 
     rows = []
@@ -156,8 +156,8 @@ def main() -> None:
         experts=dict(keep_ratio=experts.keep_ratio, num_experts=experts.num_experts,
                      routing_table=list(experts.route)))
     atomic_write_json(work_dir / 'results.json', results)
-    grid_figure(reference[:8], {n: imgs[:8] for n, imgs in images.items()}, captions[:8],
-                work_dir / 'grid.png')
+    grid_figure(torch.stack([s['image'] for s in samples[:8]]),
+                {n: imgs[:8] for n, imgs in images.items()}, captions[:8], work_dir / 'grid.png')
     print_table(rows)
     print(f"stages (s): {', '.join(f'{k} {v:.0f}' for k, v in stage_seconds.items())}")
     print(f'wrote {work_dir / "results.json"} and {work_dir / "grid.png"}')
@@ -167,9 +167,9 @@ def print_table(rows) -> None:
     columns = [('method', '{}'), ('keep_ratio', '{:.3f}'), ('gmacs_per_generation', '{:.2f}'),
                ('macs_vs_dense_50', '{:.3f}'), ('seconds_per_generation', '{:.3f}'),
                ('speedup_vs_dense_50', '{:.2f}x'), ('speedup_vs_dense_20', '{:.2f}x')]
-    metric_keys = [k for k in rows[0] if k not in dict(columns) and k not in (
-        'steps', 'gmacs_per_generation_with_attention')]
-    columns += [(k, '{:.4g}') for k in metric_keys]
+    # Headline metrics; per-attribute accuracies and KID's spread are in results.json.
+    columns += [(k, '{:.4g}') for k in rows[0] if k.startswith(('fid_', 'kid_', 'alignment_'))
+                and not k.endswith('_std')] + [('attribute_accuracy', '{:.3f}')]
     table = [[fmt.format(row[key]) for key, fmt in columns] for row in rows]
     widths = [max(len(key), *(len(r[i]) for r in table)) for i, (key, _) in enumerate(columns)]
     print('  '.join(key.ljust(w) for (key, _), w in zip(columns, widths)))

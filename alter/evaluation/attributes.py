@@ -12,7 +12,8 @@ one *slot* per named colour. Design:
    size (2) and its centre (soft-argmax of a heatmap, pixels). It never sees which
    colour it is looking at, so shape and colour are factorised by construction and
    unseen colour-shape pairs (the ``heldout`` split) are classified like seen ones.
-3. **Background head** (learned): a small CNN on the RGB image, 5 classes.
+3. **Background head** (learned): a small CNN on the RGB image, pooled per band of
+   rows, 5 classes.
 4. **Relation** (derived, no head): of object A to object B from their predicted
    centres — the axis of the larger offset decides left/right vs above/below and
    its sign which one. Shapes-T2I places pairs so the on-axis offset is at least
@@ -102,10 +103,12 @@ class AttributeClassifier(nn.Module):
         self.config = dict(width=width, sigma=sigma, radius=radius)
         self.sigma, self.radius = sigma, radius
         self.slots = SlotNet(width)
+        # Pooled per band of rows, not globally: a gradient is told from a plain
+        # background by how its top and bottom differ.
         self.background = nn.Sequential(
             nn.Conv2d(3, 16, 3, stride=2, padding=1), nn.ReLU(),
             nn.Conv2d(16, 32, 3, stride=2, padding=1), nn.ReLU(),
-            nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(32, len(BACKGROUNDS)))
+            nn.AdaptiveAvgPool2d((4, 1)), nn.Flatten(), nn.Linear(128, len(BACKGROUNDS)))
 
     def forward(self, images: torch.Tensor) -> Dict[str, torch.Tensor]:
         check_images(images)

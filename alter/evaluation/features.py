@@ -27,7 +27,7 @@ from torchvision.models.inception import (BasicConv2d, Inception3, InceptionA, I
                                           InceptionB, InceptionC, InceptionD, InceptionE)
 
 from alter.registry import DATASETS, MODELS
-from alter.utils.io import atomic_write, atomic_write_json
+from alter.utils.io import atomic_write, atomic_write_json, cache_path
 
 PathLike = Union[str, os.PathLike]
 
@@ -231,23 +231,18 @@ def dataset_batches(dataset: Sequence[dict], batch_size: int) -> Iterator[torch.
         yield torch.stack([dataset[i]['image'] for i in range(start, stop)])
 
 
-def default_cache_dir() -> Path:
-    """``$ALTER_CACHE/features`` (default ``~/.cache/alter/features``)."""
-    return Path(os.environ.get('ALTER_CACHE', Path.home() / '.cache' / 'alter')) / 'features'
-
-
 def cached_dataset_features(extractor: FeatureExtractor, dataset_cfg: dict,
                             cache_dir: Optional[PathLike] = None,
                             batch_size: int = 50) -> np.ndarray:
     """Features float32 (N, D) of every image of the dataset ``dataset_cfg`` (``DATASETS``).
 
-    Cached as ``.npy`` under ``cache_dir`` (default ``default_cache_dir()``), keyed by
+    Cached as ``.npy`` under ``cache_dir`` (default ``$ALTER_CACHE/features``), keyed by
     the extractor's name and a hash of the dataset config; the renders of a
     procedural dataset are a function of its config, so the key is exact while the
     renderer is unchanged (delete the cache after changing a dataset's code).
     """
     key = hashlib.sha1(json.dumps(dataset_cfg, sort_keys=True).encode()).hexdigest()[:16]
-    path = Path(cache_dir or default_cache_dir()) / extractor.name / f'{key}.npy'
+    path = Path(cache_dir or cache_path('features')) / extractor.name / f'{key}.npy'
     if path.is_file():
         return np.load(path)
     dataset = DATASETS.build(dict(dataset_cfg))

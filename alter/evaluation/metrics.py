@@ -30,20 +30,18 @@ from alter.evaluation.features import (EfficientNetLite0Features, FeatureExtract
 from alter.registry import METRICS
 
 DEFAULT_EXTRACTOR = dict(type='EfficientNetLite0Features')
-# Real renders the generated images are compared with: the val split (the test-time
-# captions of the benchmark come from val too).
+# Real renders the generated images are compared with.
 DEFAULT_REFERENCE = dict(type='ShapesT2I', split='val', num_samples=2000, seed=0)
 
 
 def _field(data_samples: Sequence[dict], key: str) -> List[Any]:
-    """``key`` of every sample, raising one clear error when a sample lacks it."""
-    try:
-        return [sample[key] for sample in data_samples]
-    except (KeyError, TypeError) as err:
-        raise KeyError(f'evaluation data_samples must be dicts with {key!r} (and image / caption '
-                       f'/ attributes as the metric needs), got {type(data_samples[0]).__name__} '
-                       f'with {list(data_samples[0]) if isinstance(data_samples[0], dict) else "?"}'
-                       ) from err
+    """``key`` of every sample; one clear error when a sample lacks it."""
+    for i, sample in enumerate(data_samples):
+        if not isinstance(sample, dict) or key not in sample:
+            found = f'keys {sorted(sample)}' if isinstance(sample, dict) else type(sample).__name__
+            raise KeyError(f'evaluation data_samples must be dicts with {key!r} (image, caption, '
+                           f'attributes); sample {i} has {found}')
+    return [sample[key] for sample in data_samples]
 
 
 def _images(data_samples: Sequence[dict], device: torch.device) -> torch.Tensor:
@@ -51,11 +49,19 @@ def _images(data_samples: Sequence[dict], device: torch.device) -> torch.Tensor:
     return torch.stack([torch.as_tensor(i) for i in _field(data_samples, 'image')]).to(device)
 
 
-def _device(device: Optional[str]) -> torch.device:
-    return torch.device(device or ('cuda' if torch.cuda.is_available() else 'cpu'))
+class _BenchmarkMetric(BaseMetric):
+    """Base of this module's metrics. ``device``: where their networks run (default CUDA
+    when available). No default prefix: the result names already say what they are."""
+
+    default_prefix = ''
+
+    def __init__(self, device: Optional[str] = None, collect_device: str = 'cpu',
+                 prefix: Optional[str] = None) -> None:
+        super().__init__(collect_device=collect_device, prefix=prefix)
+        self.device = torch.device(device or ('cuda' if torch.cuda.is_available() else 'cpu'))
 
 
-class _FeatureDistanceMetric(BaseMetric):
+class _FeatureDistanceMetric(_BenchmarkMetric):
     """Features of generated images vs those of real reference renders (cached).
 
     Args:
@@ -63,15 +69,12 @@ class _FeatureDistanceMetric(BaseMetric):
         reference: ``DATASETS`` config of the real images; their features are cached
             under ``cache_dir`` (default ``$ALTER_CACHE/features``).
         batch_size: images per extractor call.
-        device: where the extractor runs (default CUDA when available).
     """
 
     def __init__(self, extractor: Union[dict, FeatureExtractor] = DEFAULT_EXTRACTOR,
                  reference: dict = DEFAULT_REFERENCE, cache_dir: Optional[PathLike] = None,
-                 batch_size: int = 50, device: Optional[str] = None,
-                 collect_device: str = 'cpu', prefix: Optional[str] = None) -> None:
-        super().__init__(collect_device=collect_device, prefix=prefix)
-        self.device = _device(device)
+                 batch_size: int = 50, **kwargs) -> None:
+        super().__init__(**kwargs)
         self.extractor = build_extractor(extractor).to(self.device)
         self.reference = dict(reference)
         self.cache_dir = cache_dir
@@ -128,15 +131,13 @@ class ProxyKID(_FeatureDistanceMetric):
 
 
 @METRICS.register_module()
-class AttributeAccuracy(BaseMetric):
+class AttributeAccuracy(_BenchmarkMetric):
     """Fraction of images showing every attribute their caption asks for, and per
     attribute (``alter.evaluation.attributes``). ``weights``: the classifier file
     (default ``checkpoints/attribute_classifier.safetensors``)."""
 
-    def __init__(self, weights: Optional[PathLike] = None, device: Optional[str] = None,
-                 collect_device: str = 'cpu', prefix: Optional[str] = None) -> None:
-        super().__init__(collect_device=collect_device, prefix=prefix)
-        self.device = _device(device)
+    def __init__(self, weights: Optional[PathLike] = None, **kwargs) -> None:
+        super().__init__(**kwargs)
         self.classifier = load_attribute_classifier(weights).to(self.device)
 
     def process(self, data_batch: Any, data_samples: Sequence[dict]) -> None:
@@ -150,15 +151,13 @@ class AttributeAccuracy(BaseMetric):
 
 
 @METRICS.register_module()
-class AlignmentScore(BaseMetric):
+class AlignmentScore(_BenchmarkMetric):
     """Mean LiT-style alignment score ``100 * cos`` of images and their captions
     (``alignment_lit_minilm_effnet``; ``alter.evaluation.alignment``). ``weights``:
     the scorer file (default ``checkpoints/alignment_scorer.safetensors``)."""
 
-    def __init__(self, weights: Optional[PathLike] = None, device: Optional[str] = None,
-                 collect_device: str = 'cpu', prefix: Optional[str] = None) -> None:
-        super().__init__(collect_device=collect_device, prefix=prefix)
-        self.device = _device(device)
+    def __init__(self, weights: Optional[PathLike] = None, **kwargs) -> None:
+        super().__init__(**kwargs)
         self.scorer = load_alignment_scorer(weights).to(self.device)
         self.extractor = EfficientNetLite0Features().to(self.device)
         self.embedder = SentenceEmbedder().to(self.device)

@@ -17,7 +17,6 @@ length, convention), because counting SD2.1 at 768 px takes tens of seconds.
 """
 import hashlib
 import json
-import os
 import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -29,7 +28,7 @@ from diffusers.models.attention_processor import Attention
 from torch import nn
 
 from alter.units.spaces import Unit
-from alter.utils.io import atomic_write_json
+from alter.utils.io import atomic_write_json, cache_path
 
 CONVENTIONS = ('fvcore', 'with_attention')
 
@@ -91,10 +90,6 @@ def architecture_key(unet: UNet2DConditionModel) -> str:
     """Stable hash of a UNet's architecture (its config without private keys)."""
     config = {k: v for k, v in dict(unet.config).items() if not k.startswith('_')}
     return hashlib.sha1(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
-def default_cache_dir() -> Path:
-    return Path(os.environ.get('ALTER_CACHE', Path.home() / '.cache' / 'alter')) / 'macs'
 
 
 class _Call(nn.Module):
@@ -173,7 +168,7 @@ def cached_module_macs(unet: UNet2DConditionModel, latent_size: Tuple[int, int],
     """``count_module_macs`` for one convention, read from / written to the cache."""
     if convention not in CONVENTIONS:
         raise ValueError(f'unknown MAC convention {convention!r}; expected one of {CONVENTIONS}')
-    cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    cache_dir = Path(cache_dir) if cache_dir is not None else cache_path('macs')
     stem = f'{architecture_key(unet)}_{latent_size[0]}x{latent_size[1]}_ctx{context_length}'
     path = cache_dir / f'{stem}_{convention}.json'
     if path.exists():

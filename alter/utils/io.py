@@ -11,6 +11,12 @@ from typing import Any, Callable, Union
 PathLike = Union[str, os.PathLike]
 
 
+def cache_path(kind: str) -> Path:
+    """``$ALTER_CACHE/<kind>`` (default ``~/.cache/alter/<kind>``): derived data such as
+    MAC counts and reference features, safe to delete."""
+    return Path(os.environ.get('ALTER_CACHE', Path.home() / '.cache' / 'alter')) / kind
+
+
 def atomic_write(path: PathLike, write: Callable[[str], None]) -> Path:
     """Call ``write(tmp_path)`` then rename the temp file onto ``path``."""
     path = Path(path)

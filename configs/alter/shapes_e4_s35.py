@@ -1,6 +1,7 @@
 # ALTER on the embedded benchmark (Shapes-T2I): 4 experts, sparsity 0.35, from the
 # committed dense teacher (checkpoints/shapes_teacher), the paper's loss weights.
-# Sized for a 2-core CPU: 600 iterations at batch 32, T_end = 400.
+# Sized for the demo on a 2-core CPU: 300 iterations at batch 16, T_end = 200; a longer run:
+#   --cfg-options train_cfg.max_iters=1200 model.hypernet_iters=800
 _base_ = [
     '../_base_/models/shapes_ldm.py', '../_base_/datasets/shapes_t2i.py',
     '../_base_/default_runtime.py'
@@ -11,7 +12,7 @@ model = dict(
     pretrained='checkpoints/shapes_teacher',
     num_experts=4,
     target_sparsity=0.35,
-    hypernet_iters=400,
+    hypernet_iters=200,
     space=dict(type='paper'),
     hypernet=dict(
         expert_generator=dict(type='HyperExperts'),
@@ -22,13 +23,13 @@ model = dict(
     schedule='joint',
     cond_dropout=0.1)
 
-train_dataloader = dict(batch_size=32)
-train_cfg = dict(type='IterBasedTrainLoop', max_iters=600)
+train_dataloader = dict(batch_size=16)
+train_cfg = dict(type='IterBasedTrainLoop', max_iters=300)
 optim_wrapper = dict(
     constructor='SubmoduleOptimWrapperConstructor',
     unet=dict(type='OptimWrapper', optimizer=dict(type='AdamW', lr=1e-4, weight_decay=0.01)),
     hypernet=dict(type='OptimWrapper', optimizer=dict(type='AdamW', lr=2e-3, weight_decay=0.0)))
-warmup = [dict(type='LinearLR', start_factor=0.01, by_epoch=False, begin=0, end=50)]
+warmup = [dict(type='LinearLR', start_factor=0.01, by_epoch=False, begin=0, end=20)]
 param_scheduler = dict(unet=warmup, hypernet=warmup)
 custom_hooks = [dict(type='ExpertExportHook', interval=100)]
-default_hooks = dict(logger=dict(interval=20), checkpoint=dict(interval=600, max_keep_ckpts=1))
+default_hooks = dict(logger=dict(interval=20), checkpoint=dict(interval=100000, max_keep_ckpts=1))
