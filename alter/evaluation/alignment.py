@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from alter.evaluation.features import PathLike
-from alter.evaluation.weights import CHECKPOINT_DIR, load_weights
+from alter.evaluation.weights import CHECKPOINT_DIR, load_module
 from alter.models.conditioning import MiniLMTextEncoder
 
 
@@ -103,12 +103,8 @@ DEFAULT_WEIGHTS = CHECKPOINT_DIR / 'alignment_scorer.safetensors'
 def load_alignment_scorer(path: Optional[PathLike] = None) -> AlignmentScorer:
     """The trained scorer of ``tools/train_alignment_scorer.py`` (frozen, eval)."""
     path = Path(path or DEFAULT_WEIGHTS)
-    state, metadata = load_weights(
-        path, 'alignment scorer',
-        f'python tools/train_alignment_scorer.py --out {path}  (about 8 min on one CPU core)')
-    model = AlignmentScorer(**metadata['config'])
-    model.load_state_dict(state)
-    return model.eval().requires_grad_(False)
+    return load_module(AlignmentScorer, path, 'alignment scorer',
+                       f'python tools/train_alignment_scorer.py --out {path}  (about 8 min on one CPU core)')
 
 
 def retrieval_accuracy(similarity: torch.Tensor, captions: List[str]) -> Dict[str, float]:

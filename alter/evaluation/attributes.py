@@ -34,7 +34,7 @@ from torch import nn
 from alter.datasets.shapes import (BACKGROUNDS, COLOURS, IMAGE_SIZE, RELATIONS, SHAPES, SIZES,
                                    attribute_indices)
 from alter.evaluation.features import PathLike, check_images
-from alter.evaluation.weights import CHECKPOINT_DIR, load_weights
+from alter.evaluation.weights import CHECKPOINT_DIR, load_module
 
 NUM_COLOURS = len(COLOURS)
 # Attributes scored per image; 'all' is their conjunction over the attributes asked.
@@ -227,9 +227,5 @@ DEFAULT_WEIGHTS = CHECKPOINT_DIR / 'attribute_classifier.safetensors'
 def load_attribute_classifier(path: Optional[PathLike] = None) -> AttributeClassifier:
     """The trained classifier of ``tools/train_attribute_classifier.py`` (frozen, eval)."""
     path = Path(path or DEFAULT_WEIGHTS)
-    state, metadata = load_weights(
-        path, 'attribute classifier',
-        f'python tools/train_attribute_classifier.py --out {path}  (about 10 min on one CPU core)')
-    model = AttributeClassifier(**metadata['config'])
-    model.load_state_dict(state)
-    return model.eval().requires_grad_(False)
+    return load_module(AttributeClassifier, path, 'attribute classifier',
+                       f'python tools/train_attribute_classifier.py --out {path}  (about 10 min on one CPU core)')

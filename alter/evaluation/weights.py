@@ -39,3 +39,11 @@ def load_weights(path: PathLike, what: str, create_command: str
         state = {k: f.get_tensor(k) for k in f.keys()}
         metadata = {k: json.loads(v) for k, v in (f.metadata() or {}).items()}
     return {k: v.float() if v.is_floating_point() else v for k, v in state.items()}, metadata
+
+
+def load_module(cls, path: PathLike, what: str, create_command: str) -> nn.Module:
+    """``cls(**metadata['config'])`` with the weights of a ``save_weights`` file, frozen, eval."""
+    state, metadata = load_weights(path, what, create_command)
+    model = cls(**metadata['config'])
+    model.load_state_dict(state)
+    return model.eval().requires_grad_(False)
