@@ -46,6 +46,10 @@ def test_paper_setting():
     ('alter/sd21_manual_e4_s35.py', dict(num_experts=4, router='ManualRouter', schedule='joint')),
     ('alter/sd21_twostage_e4_s35.py',
      dict(num_experts=4, router='HyperNetRouter', schedule='two_stage')),
+    ('alter/shapes_static_s35.py', dict(num_experts=1, router='StaticRouter', schedule='joint')),
+    ('alter/shapes_manual_e4_s35.py', dict(num_experts=4, router='ManualRouter', schedule='joint')),
+    ('alter/shapes_twostage_e4_s35.py',
+     dict(num_experts=4, router='HyperNetRouter', schedule='two_stage')),
 ])
 def test_ablations_change_only_their_axis(name, expected):
     m = load(name).model
