@@ -20,6 +20,11 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def _run(command, env) -> None:
+    result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+
+
 def _logged(work_dir):
     path = next(work_dir.glob('*/vis_data/scalars.json'))
     rows = [json.loads(line) for line in path.read_text().splitlines()]
@@ -29,13 +34,11 @@ def _logged(work_dir):
 def test_two_gloo_ranks_match_one_process(tmp_path):
     env = dict(os.environ, OMP_NUM_THREADS='1', CUDA_VISIBLE_DEVICES='')
     single, double = tmp_path / 'single', tmp_path / 'double'
-    subprocess.run([sys.executable, 'tools/train.py', TINY, '--work-dir', str(single),
-                    '--cfg-options', 'train_dataloader.batch_size=4', *OPTIONS],
-                   cwd=ROOT, env=env, check=True, capture_output=True)
-    subprocess.run(['bash', 'tools/dist_train.sh', TINY, '2', '--work-dir', str(double),
-                    '--cfg-options', 'train_dataloader.batch_size=2', *OPTIONS],
-                   cwd=ROOT, env=dict(env, PORT=str(_free_port())), check=True,
-                   capture_output=True)
+    _run([sys.executable, 'tools/train.py', TINY, '--work-dir', str(single),
+          '--cfg-options', 'train_dataloader.batch_size=4', *OPTIONS], env)
+    _run(['bash', 'tools/dist_train.sh', TINY, '2', '--work-dir', str(double),
+          '--cfg-options', 'train_dataloader.batch_size=2', *OPTIONS],
+         dict(env, PORT=str(_free_port()), PYTHON=sys.executable))
     one, two = _logged(single), _logged(double)
     assert len(one) == len(two) == 5
     for a, b in zip(one, two):
