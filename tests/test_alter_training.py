@@ -259,3 +259,20 @@ def test_frozen_parts_in_half_precision():
     assert next(model.unet.parameters()).dtype == torch.float32
     log = model.train_step(_batch(), _optim(model))
     assert torch.isfinite(log['unet/loss']) and log['unet/loss_out_kd'] >= 0
+
+
+@pytest.mark.parametrize('momentum', [0.0, 1.0])
+def test_unet_ema_hook_averages_the_unet_alone(tmp_path, momentum):
+    cfg = tiny_cfg(tmp_path, **{'train_cfg.max_iters': 3, 'model.hypernet_iters': 2})
+    cfg.custom_hooks = [dict(type='UNetEMAHook', momentum=momentum)]
+    runner = build_runner(cfg)
+    initial = {k: v.clone() for k, v in runner.model.unet.state_dict().items()}
+    runner.train()
+    checkpoint = torch.load(tmp_path / 'iter_3.pth', weights_only=False)
+    ema = checkpoint['ema_unet']
+    assert set(ema) == set(initial)  # the UNet alone: no teacher, no hypernetwork
+    trained = {k[len('unet.'):]: v for k, v in checkpoint['state_dict'].items()
+               if k.startswith('unet.')}
+    reference = trained if momentum == 1.0 else initial  # lerp towards the new weights
+    assert all(torch.equal(ema[k], reference[k]) for k in ema)
+    assert any(not torch.equal(trained[k], initial[k]) for k in ema)

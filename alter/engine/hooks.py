@@ -5,6 +5,7 @@ from typing import Optional
 from mmengine.dist import is_main_process
 from mmengine.hooks import Hook
 
+from alter.models.alter import bare
 from alter.registry import HOOKS
 from alter.utils.io import atomic_write_json
 
@@ -33,8 +34,8 @@ class ExpertExportHook(Hook):
     def export(self, runner) -> Optional[Path]:
         if not is_main_process():
             return None
-        model = getattr(runner.model, 'module', runner.model)
-        return atomic_write_json(Path(runner.work_dir) / self.filename, model.export_experts())
+        return atomic_write_json(Path(runner.work_dir) / self.filename,
+                                 bare(runner.model).export_experts())
 
 
 @HOOKS.register_module()
@@ -59,12 +60,11 @@ class UNetEMAHook(Hook):
 
     def before_run(self, runner) -> None:
         from mmengine.model import ExponentialMovingAverage
-        unet = _bare(runner.model).unet
-        self.ema = ExponentialMovingAverage(_bare(unet), momentum=self.momentum)
+        self.ema = ExponentialMovingAverage(bare(bare(runner.model).unet), momentum=self.momentum)
 
     def after_train_iter(self, runner, batch_idx: int, data_batch=None, outputs=None) -> None:
         if runner.iter + 1 > self.begin_iter:
-            self.ema.update_parameters(_bare(_bare(runner.model).unet))
+            self.ema.update_parameters(bare(bare(runner.model).unet))
 
     def before_save_checkpoint(self, runner, checkpoint: dict) -> None:
         checkpoint['ema_unet'] = self.ema.module.state_dict()
@@ -72,7 +72,3 @@ class UNetEMAHook(Hook):
     def after_load_checkpoint(self, runner, checkpoint: dict) -> None:
         if 'ema_unet' in checkpoint:
             self.ema.module.load_state_dict(checkpoint['ema_unet'])
-
-
-def _bare(module):
-    return getattr(module, 'module', module)
