@@ -261,7 +261,7 @@ def test_frozen_parts_in_half_precision():
     assert torch.isfinite(log['unet/loss']) and log['unet/loss_out_kd'] >= 0
 
 
-@pytest.mark.parametrize('momentum', [0.0, 1.0])
+@pytest.mark.parametrize('momentum', [0.1, 1 - 1e-9])
 def test_unet_ema_hook_averages_the_unet_alone(tmp_path, momentum):
     cfg = tiny_cfg(tmp_path, **{'train_cfg.max_iters': 3, 'model.hypernet_iters': 2})
     cfg.custom_hooks = [dict(type='UNetEMAHook', momentum=momentum)]
@@ -273,6 +273,8 @@ def test_unet_ema_hook_averages_the_unet_alone(tmp_path, momentum):
     assert set(ema) == set(initial)  # the UNet alone: no teacher, no hypernetwork
     trained = {k[len('unet.'):]: v for k, v in checkpoint['state_dict'].items()
                if k.startswith('unet.')}
-    reference = trained if momentum == 1.0 else initial  # lerp towards the new weights
-    assert all(torch.equal(ema[k], reference[k]) for k in ema)
     assert any(not torch.equal(trained[k], initial[k]) for k in ema)
+    # mmengine's average starts from the weights after the first update and then
+    # lerps towards each new set: momentum ~1 follows the UNet, 0.1 lags behind it.
+    follows = all(torch.allclose(ema[k].float(), trained[k].float(), atol=1e-6) for k in ema)
+    assert follows == (momentum > 0.5)
