@@ -12,7 +12,6 @@ UNet's MACs is removed. Classifier-free guidance doubles the batch, as in
 sampling. On CUDA it runs in float16.
 """
 import argparse
-import json
 import platform
 import statistics
 import time

@@ -10,7 +10,6 @@ the benchmark's proxies (EfficientNet-Lite0 features, a trained attribute
 classifier, a LiT-style MiniLM/EfficientNet scorer), not Inception FID or CLIP.
 """
 import argparse
-import json
 import platform
 import statistics
 import time

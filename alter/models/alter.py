@@ -15,7 +15,7 @@ Each sample has its own timestep, so both steps run the gated blend
 """
 import copy
 from contextlib import contextmanager
-from typing import Dict, Iterator, List, Optional, Tuple
+from typing import Dict, Iterator, Optional
 
 import torch
 from mmengine.dist import all_reduce_dict
