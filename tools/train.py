@@ -70,6 +70,11 @@ def main() -> None:
         setup_distributed(cfg)
     check_and_record(cfg, resuming=bool(args.resume))
     Runner.from_cfg(cfg).train()
+    if torch.distributed.is_initialized():
+        # Gloo worker threads still alive at interpreter exit can abort the
+        # process ("terminate called without an active exception") after a good run.
+        torch.distributed.barrier()
+        torch.distributed.destroy_process_group()
 
 
 if __name__ == '__main__':
