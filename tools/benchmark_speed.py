@@ -12,10 +12,7 @@ UNet's MACs is removed. Classifier-free guidance doubles the batch, as in
 sampling. On CUDA it runs in float16.
 """
 import argparse
-import platform
-import statistics
 import time
-from typing import Callable, Dict, List
 
 import torch
 from mmengine.config import Config
@@ -26,6 +23,7 @@ from alter.inference.sampler import build_sampling_scheduler, sample
 from alter.registry import MODELS, PRUNING_SPACES
 from alter.units.macs import architecture_key, mac_table
 from alter.utils.io import atomic_write_json
+from alter.utils.timing import device_name, device_sync, interleaved
 
 
 def parse_args() -> argparse.Namespace:
@@ -60,26 +58,11 @@ def synthetic_expert(unet, space: str, costs, sparsity: float) -> ExpertSet:
                      dict(key=architecture_key(unet)), {})
 
 
-def interleaved(fns: Dict[str, Callable[[], None]], repeats: int, sync: Callable) -> Dict:
-    """Median seconds of each function, measured A B C A B C ... after one warm-up each."""
-    for fn in fns.values():
-        fn()
-    times: Dict[str, List[float]] = {name: [] for name in fns}
-    for _ in range(repeats):
-        for name, fn in fns.items():
-            sync()
-            start = time.perf_counter()
-            fn()
-            sync()
-            times[name].append(time.perf_counter() - start)
-    return {name: statistics.median(values) for name, values in times.items()}
-
-
 def main() -> None:
     args = parse_args()
     device = torch.device(args.device)
     dtype = torch.float16 if device.type == 'cuda' else torch.float32
-    sync = torch.cuda.synchronize if device.type == 'cuda' else (lambda: None)
+    sync = device_sync(device)
     model_cfg = Config.fromfile(args.config).model
     torch.manual_seed(0)
     torch.set_grad_enabled(False)
@@ -142,8 +125,7 @@ def main() -> None:
     dense_macs = len(sched.timesteps)
 
     report = dict(
-        device=torch.cuda.get_device_name(device) if device.type == 'cuda'
-        else f'CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)',
+        device=device_name(device),
         dtype=str(dtype), latent=latent, batch=args.batch, guidance_batch=batch,
         architecture=model_cfg.unet.get('type'), checkpoint=args.checkpoint,
         gmacs_per_call=costs.total_macs * batch / 1e9, expert_keep_ratio=keep,

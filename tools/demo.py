@@ -11,7 +11,6 @@ classifier, a LiT-style MiniLM/EfficientNet scorer), not Inception FID or CLIP.
 """
 import argparse
 import platform
-import statistics
 import time
 import uuid
 from pathlib import Path
@@ -20,13 +19,14 @@ import torch
 from mmengine.config import Config, DictAction
 from mmengine.runner import Runner
 
-from alter.datasets.shapes import ShapesT2I
 from alter.engine.checkpoint import trust_local_checkpoints
-from alter.evaluation.benchmark import BenchmarkEvaluator, default_metrics, grid_figure
+from alter.evaluation.benchmark import (BenchmarkEvaluator, benchmark_prompts, default_metrics,
+                                       grid_figure)
 from alter.inference.experts import load_experts, load_unet, save_checkpoint
-from alter.inference.pipeline import TextToImage, macs_per_generation
+from alter.inference.pipeline import TextToImage, generation_gmacs
 from alter.inference.routing import ExpertRouter
 from alter.utils.io import atomic_write_json
+from alter.utils.timing import interleaved
 
 
 def parse_args() -> argparse.Namespace:
@@ -63,14 +63,14 @@ def train_alter(args, work_dir: Path):
 
 def time_generations(methods: dict, captions, seeds, args) -> dict:
     """Median seconds per generation of each method, repeats interleaved."""
-    times = {name: [] for name in methods}
-    for _ in range(args.timing_repeats):
-        for name, (generate, steps) in methods.items():
-            start = time.perf_counter()
-            generate(captions, seeds, steps, args.guidance, args.scheduler,
-                     batch_size=len(captions), progress=False)
-            times[name].append((time.perf_counter() - start) / len(captions))
-    return {name: statistics.median(values) for name, values in times.items()}
+    def run(generate, steps):
+        return lambda: generate(captions, seeds, steps, args.guidance, args.scheduler,
+                                batch_size=len(captions), progress=False)
+
+    # No extra warm-up: every method has just sampled the whole prompt set.
+    seconds = interleaved({name: run(*method) for name, method in methods.items()},
+                          args.timing_repeats, warmup=0)
+    return {name: value / len(captions) for name, value in seconds.items()}
 
 
 def main() -> None:
@@ -101,10 +101,7 @@ def main() -> None:
                f'dense-{few_steps}': (dense, few_steps),
                f'ALTER-{few_steps}': (alter, few_steps)}
 
-    prompts = ShapesT2I('val', num_samples=args.num_prompts, seed=args.seed)
-    samples = [prompts[i] for i in range(len(prompts))]
-    captions = [s['caption'] for s in samples]
-    seeds = [args.seed * 100_000 + i for i in range(len(samples))]
+    samples, captions, seeds = benchmark_prompts(args.num_prompts, args.seed)
 
     t0 = time.perf_counter()
     images = {name: generate(captions, seeds, steps, args.guidance, args.scheduler)
@@ -126,13 +123,10 @@ def main() -> None:
     base = f'dense-{dense_steps}'
     for name, (_, steps) in methods.items():
         routed = experts if name.startswith('ALTER') else None
-        macs = {c: macs_per_generation(costs, steps, args.scheduler, noise_config, routed)
-                for c, costs in model.costs.items()}
         rows.append(dict(
             method=name, steps=steps,
             keep_ratio=experts.keep_ratio['fvcore'] if routed else 1.0,
-            gmacs_per_generation=macs['fvcore'] / 1e9,
-            gmacs_per_generation_with_attention=macs['with_attention'] / 1e9,
+            **generation_gmacs(model.costs, steps, args.scheduler, noise_config, routed),
             seconds_per_generation=per_generation[name],
             **quality[name]))
     for row in rows:

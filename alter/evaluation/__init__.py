@@ -1,8 +1,11 @@
-"""The embedded benchmark's evaluators: proxy FID/KID, attribute accuracy, alignment score.
+"""Evaluators: the embedded benchmark's proxies (FID/KID on EfficientNet-Lite0, attribute
+accuracy, alignment score) and the paper's metrics (Inception FID, CLIP score, CMMD, SSIM/PSNR).
 
-Importing registers the feature extractors (``MODELS``) and metrics (``METRICS``);
+Importing registers the feature extractors (``MODELS``), metrics (``METRICS``) and
+reference image folders (``DATASETS``);
 it loads no weights. Proxy numbers are named after their feature space or model
 (``fid_efficientnet_lite0``, ``alignment_lit_minilm_effnet``), never "FID" or
 "CLIP score" alone.
 """
-from alter.evaluation import alignment, attributes, distances, features, metrics  # noqa: F401
+from alter.evaluation import (alignment, attributes, clip, distances, features,  # noqa: F401
+                              fidelity, metrics, reference)

@@ -4,13 +4,21 @@
 for Shapes-T2I prompts; ``grid_figure`` draws prompts x methods.
 """
 from pathlib import Path
-from typing import Dict, List, Sequence
+from typing import Dict, List, Sequence, Tuple
 
 import torch
 from mmengine.evaluator import Evaluator
 
+from alter.datasets.shapes import ShapesT2I
 from alter.registry import METRICS
 
+
+def benchmark_prompts(num_prompts: int, seed: int = 0) -> Tuple[List[dict], List[str], List[int]]:
+    """Shapes-T2I ``val`` items, their captions and one sampling seed per prompt
+    (``seed * 100000 + i``): the same prompts and initial noise for every method."""
+    prompts = ShapesT2I('val', num_samples=num_prompts, seed=seed)
+    samples = [prompts[i] for i in range(len(prompts))]
+    return samples, [s['caption'] for s in samples], [seed * 100_000 + i for i in range(len(samples))]
 
 
 def default_metrics(num_images: int) -> List[dict]:

@@ -189,7 +189,7 @@ class InceptionFeatures(FeatureExtractor):
                 f'Standard FID needs a local copy of pytorch-fid\'s {INCEPTION_WEIGHTS_FILE} '
                 '(nothing is downloaded here); pass it as InceptionFeatures(weights_path=...), '
                 'in a metric config as extractor=dict(type=\'InceptionFeatures\', '
-                'weights_path=...)')
+                'weights_path=...), to tools/test.py as --inception-weights')
         self.model = fid_inception_v3()
         result = self.model.load_state_dict(_load_state_dict(path), strict=False)
         if result.missing_keys or result.unexpected_keys:

@@ -11,10 +11,13 @@ so proxy numbers are never mistaken for Inception FID or CLIP score:
 ``AttributeAccuracy``     ``attribute_accuracy`` (every asked attribute right) and
                           ``attribute_accuracy/<colour|shape|size|count|relation|background>``
 ``AlignmentScore``        ``alignment_lit_minilm_effnet`` (mean 100 * cos)
+``CLIPScore``             ``clip_score_<model>``, e.g. ``clip_score_ViT-g-14`` (mean 100 * cos)
+``CMMD``                  ``cmmd_clip_<model>_<tag>``, e.g. ``cmmd_clip_ViT-L-14-336_openai``
 ========================  =================================================================
 
 With ``extractor=dict(type='InceptionFeatures', weights_path=...)`` ProxyFID/ProxyKID
 compute FID/KID in pytorch-fid's Inception space (``fid_inception_v3_fid``).
+CLIPScore and CMMD run open_clip models from local weight files (``weights``).
 """
 from typing import Any, Dict, List, Optional, Sequence, Union
 
@@ -24,7 +27,9 @@ from mmengine.evaluator import BaseMetric
 
 from alter.evaluation.alignment import SentenceEmbedder, load_alignment_scorer
 from alter.evaluation.attributes import load_attribute_classifier, score, summarise
-from alter.evaluation.distances import FeatureStats, frechet_distance, kernel_inception_distance
+from alter.evaluation.clip import CLIPImageFeatures, OpenCLIP
+from alter.evaluation.distances import (FeatureStats, cmmd, frechet_distance,
+                                        kernel_inception_distance)
 from alter.evaluation.features import (EfficientNetLite0Features, FeatureExtractor, PathLike,
                                        build_extractor, cached_dataset_features, extract_features)
 from alter.registry import METRICS
@@ -170,3 +175,58 @@ class AlignmentScore(_BenchmarkMetric):
 
     def compute_metrics(self, results: list) -> Dict[str, float]:
         return {'alignment_lit_minilm_effnet': float(np.mean(results))}
+
+
+@METRICS.register_module()
+class CLIPScore(_BenchmarkMetric):
+    """Mean CLIP score ``100 * cos`` of images and their captions, not clamped
+    (``clip_score_<model_name>``; ``OpenCLIP.clip_score``). Spec §8: open_clip ViT-g-14
+    with the ``laion2b_s12b_b42k`` weights.
+
+    Args:
+        weights: local open_clip checkpoint of ``model_name`` (``--clip-weights``).
+        model_name, pretrained_tag: as ``OpenCLIP``.
+    """
+
+    def __init__(self, weights: Optional[PathLike] = None, model_name: str = 'ViT-g-14',
+                 pretrained_tag: Optional[str] = 'laion2b_s12b_b42k', **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.clip = OpenCLIP(model_name, weights, pretrained_tag,
+                             option="--clip-weights (dict(type='CLIPScore', weights=...))")
+        self.clip.to(self.device)
+
+    @torch.no_grad()
+    def process(self, data_batch: Any, data_samples: Sequence[dict]) -> None:
+        scores = self.clip.clip_score(_images(data_samples, self.device),
+                                      _field(data_samples, 'caption'))
+        self.results.extend(scores.cpu().tolist())
+
+    def compute_metrics(self, results: list) -> Dict[str, float]:
+        return {f'clip_score_{self.clip.model_name}': float(np.mean(results))}
+
+
+@METRICS.register_module()
+class CMMD(_FeatureDistanceMetric):
+    """CMMD of generated and reference images (``cmmd_clip_<model_name>_<tag>``;
+    ``distances.cmmd``): RBF MMD^2 x ``scale`` of L2-normalised CLIP image embeddings,
+    spec §8's ViT-L/14-336 (``openai``), sigma 10, x 1000. Reference embeddings are
+    cached as ProxyFID's features.
+
+    Args:
+        weights: local open_clip checkpoint of ``model_name`` (``--cmmd-weights``).
+        model_name, pretrained_tag: as ``OpenCLIP``.
+        sigma, scale: the RBF kernel's bandwidth and the factor on MMD^2.
+        reference, cache_dir, batch_size: as ``_FeatureDistanceMetric``.
+    """
+
+    def __init__(self, weights: Optional[PathLike] = None, model_name: str = 'ViT-L-14-336',
+                 pretrained_tag: Optional[str] = 'openai', sigma: float = 10.0,
+                 scale: float = 1000.0, **kwargs) -> None:
+        extractor = CLIPImageFeatures(model_name, weights, pretrained_tag,
+                                      option="--cmmd-weights (dict(type='CMMD', weights=...))")
+        super().__init__(extractor=extractor, **kwargs)
+        self.sigma, self.scale = sigma, scale
+
+    def compute_metrics(self, results: list) -> Dict[str, float]:
+        return {f'cmmd_{self.extractor.name}': cmmd(np.stack(results), self.reference_features(),
+                                                    self.sigma, self.scale)}

