@@ -52,6 +52,16 @@ def test_cache_holds_the_models_own_encoding(tmp_path):
     given_latents, given_context = model.encode(cached)
     assert given_latents is cached['latents'] and given_context is cached['context']
 
+    # Caption dropout draws alike on cached and encoded batches: '' <-> uncond_context.
+    model.cond_dropout = 0.5
+    model.rng.manual_seed(7)
+    _, dropped = model.encode(shapes_collate([dataset[i] for i in range(NUM_SAMPLES)]))
+    model.rng.manual_seed(7)
+    _, cached_dropped = model.encode(cached)
+    torch.testing.assert_close(cached_dropped, dropped)
+    changed = (dropped - context).abs().amax(dim=(1, 2)) > 1e-3
+    assert 0 < changed.sum() < NUM_SAMPLES
+
 
 def test_rerun_skips_finished_shards_and_rewrites_missing_ones(tmp_path, capsys):
     precompute(tmp_path)
@@ -63,7 +73,7 @@ def test_rerun_skips_finished_shards_and_rewrites_missing_ones(tmp_path, capsys)
     assert [(p.stat().st_mtime_ns, p.read_bytes()) for p in shards] == before
 
     shards[1].unlink()
-    with pytest.raises(FileNotFoundError, match=r'incomplete: 1 of 3 shards missing \(first '
+    with pytest.raises(FileNotFoundError, match=r'incomplete: 1 of its files missing \(first '
                                                 r'00001\.safetensors\).*rerun'):
         DATASETS.build(dict(type='LatentCacheDataset', root=str(tmp_path)))
     precompute(tmp_path)

@@ -53,14 +53,28 @@ def test_tokenizer_from_open_clip_vocabulary_gives_open_clip_ids():
     open_clip = pytest.importorskip('open_clip')
     tokenizer = CLIPTextEncoder(load_weights=False, arch=TINY_TEXT).tokenizer
     assert len(tokenizer) == 49408
-    captions = ['A photo of an astronaut riding a horse, 4k.', 'Two  "quoted"\twords émoji 😀', '',
-                ' '.join(['long'] * 100)]  # truncated to 77 tokens, ending in <|endoftext|>
+    captions = ['A photo of an astronaut riding a horse, 4k.', 'Two  "quoted"\twords émoji 😀',
+                '', ' '.join(['long'] * 100)]  # truncated to 77 tokens, ending in <|endoftext|>
     ids = tokenizer(captions, padding='max_length', truncation=True, max_length=77,
                     return_tensors='pt').input_ids
     torch.testing.assert_close(ids, open_clip.tokenize(captions), rtol=0, atol=0)  # pads with 0
     folder = openclip_tokenizer_folder()
     assert openclip_tokenizer_folder() == folder  # converted once, then reused
     assert sorted(p.name for p in folder.parent.iterdir()) == [folder.name]  # no temp folders
+
+
+def test_pretrained_folder_loads_the_saved_components(tmp_path):
+    torch.manual_seed(0)
+    vae = SDAutoencoder(load_weights=False, arch=TINY_VAE)
+    text = CLIPTextEncoder(load_weights=False, arch=TINY_TEXT)
+    vae.vae.save_pretrained(tmp_path / 'vae')
+    text.model.save_pretrained(tmp_path / 'text_encoder')
+    text.tokenizer.save_pretrained(tmp_path / 'tokenizer')
+    loaded_vae = SDAutoencoder(pretrained=str(tmp_path))
+    loaded_text = CLIPTextEncoder(pretrained=str(tmp_path))
+    latents = torch.randn(1, 4, 2, 2)
+    torch.testing.assert_close(loaded_vae.decode(latents), vae.decode(latents), rtol=0, atol=0)
+    torch.testing.assert_close(loaded_text(['a red cube']), text(['a red cube']), rtol=0, atol=0)
 
 
 @pytest.mark.parametrize('component', [SDAutoencoder, CLIPTextEncoder])

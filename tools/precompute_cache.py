@@ -12,10 +12,10 @@ from a seed of its own, so a resumed cache equals an uninterrupted one. Train on
 
     python tools/train.py CONFIG --cfg-options train_dataloader.dataset._delete_=True \\
         train_dataloader.dataset.type=LatentCacheDataset train_dataloader.dataset.root=DIR \\
-        train_dataloader.collate_fn.type=default_collate model.autoencoder=None model.text_encoder=None
+        train_dataloader.collate_fn.type=default_collate \\
+        model.autoencoder=None model.text_encoder=None
 """
 import argparse
-import inspect
 from typing import List, Tuple
 
 import torch
@@ -24,7 +24,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm import tqdm
 
 from alter.datasets.latent_cache import (num_shards, open_cache, shard_path, shard_range,
-                                         write_shard)
+                                         uncond_path, write_shard, write_uncond)
 from alter.models.diffusion import LatentDiffusion
 from alter.registry import DATASETS
 
@@ -50,15 +50,10 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def conditioning_model(cfg: Config) -> LatentDiffusion:
-    """The config's frozen autoencoder and text encoder inside a ``LatentDiffusion``.
-
-    Built from ``cfg.model``'s LatentDiffusion arguments, so the components get
-    the same ``pretrained`` defaults, dtype and size checks as in training; the
-    UNet is dropped after the checks. Captions are encoded as written.
-    """
-    known = inspect.signature(LatentDiffusion.__init__).parameters
-    kwargs = {k: v for k, v in cfg.model.items() if k in known and k != 'self'}
-    model = LatentDiffusion(**dict(kwargs, cond_dropout=0.0))
+    """The config's frozen autoencoder and text encoder inside a ``LatentDiffusion``,
+    with the same ``pretrained`` defaults, dtype and size checks as in training; the
+    UNet is dropped after the checks. Captions are encoded as written."""
+    model = LatentDiffusion.from_config(cfg.model, cond_dropout=0.0)
     if model.autoencoder is None or model.text_encoder is None:
         raise ValueError('precomputing needs model.autoencoder and model.text_encoder in the '
                          f'config; found {cfg.model.get("autoencoder")!r} and '
@@ -107,18 +102,17 @@ def main(argv=None) -> None:
     todo = [k for k in range(shards) if not shard_path(args.out, k).is_file()]
     print(f'{total} samples in {shards} shards of {args.shard_size}: '
           f'{shards - len(todo)} done, {len(todo)} to write into {args.out}')
-    if not todo:
+    if not todo and uncond_path(args.out).is_file():
         return
     model = conditioning_model(cfg).to(args.device)
+    if not uncond_path(args.out).is_file():  # what caption dropout swaps in during training
+        write_uncond(args.out, model.text_encoder(['']).to(getattr(torch, args.dtype)).cpu())
     ranges = {k: shard_range(k, args.shard_size, total) for k in todo}
     done = total - sum(map(len, ranges.values()))
     with tqdm(total=total, initial=done, unit='sample', desc='encoding') as progress:
         for k, indices in ranges.items():
             write_shard(shard_path(args.out, k),
                         *encode_shard(model, dataset, indices, args, progress))
-    if cfg.model.get('cond_dropout'):
-        print(f'note: model.cond_dropout={cfg.model.cond_dropout} does not apply to cached '
-              'context: the captions were encoded as written')
 
 
 if __name__ == '__main__':

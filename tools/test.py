@@ -17,7 +17,6 @@ interleaved repeats after warm-up, device named), and the embedded benchmark's p
 ``results.json``, ``results.csv`` and ``manifest.json`` (every setting) to WORK_DIR.
 """
 import argparse
-import inspect
 import platform
 import sys
 from importlib.metadata import PackageNotFoundError, version
@@ -97,12 +96,6 @@ def parse_args(argv=None) -> argparse.Namespace:
         parser.error(f'{sorted(set(args.metrics) & set(SHAPES_ONLY))} need the embedded '
                      "benchmark's labels: use --prompts shapes or leave them out of --metrics")
     return args
-
-
-def dense_model(cfg: Config) -> LatentDiffusion:
-    """UNet, frozen conditioning and noise schedule of the config, without ALTER's parts."""
-    known = inspect.signature(LatentDiffusion.__init__).parameters
-    return LatentDiffusion(**{k: v for k, v in cfg.model.items() if k in known and k != 'self'})
 
 
 def prompt_set(args) -> List[dict]:
@@ -274,7 +267,7 @@ def main(argv=None) -> Dict:
     cfg.merge_from_dict(args.cfg_options)
     device = torch.device(args.device)
 
-    model = dense_model(cfg).eval().to(device)
+    model = LatentDiffusion.from_config(cfg.model).eval().to(device)
     resolution = args.resolution or model.resolution
     latent_size = (resolution // model.latent_scale, ) * 2
     dense_checkpoint = args.checkpoint == 'dense'

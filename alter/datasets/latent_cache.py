@@ -9,10 +9,12 @@ A cache folder holds
     00000.safetensors    shard k: samples [k * shard_size, (k + 1) * shard_size) of the
     00001.safetensors    source dataset, tensors ``latents`` (n, C, h, w) and ``context``
     ...                  (n, L, D), metadata ``keys`` (JSON list of the samples' ids)
+    uncond.safetensors   ``context`` (1, L, D) of the empty caption
 
 Each shard is written whole (temp file + rename), so a stopped run resumes at
-the missing shards. Cached context is the caption's own: ``model.cond_dropout``
-does not apply to it.
+the missing shards. Samples carry the empty caption's context as ``uncond_context``,
+which ``LatentDiffusion`` swaps in for ``model.cond_dropout`` of them, as it drops
+captions when it encodes them itself.
 """
 import json
 import operator
@@ -68,6 +70,15 @@ def open_cache(root: PathLike, settings: Dict[str, Any]) -> None:
     atomic_write_json(path, settings)
 
 
+def uncond_path(root: PathLike) -> Path:
+    return Path(root) / 'uncond.safetensors'
+
+
+def write_uncond(root: PathLike, context: torch.Tensor) -> None:
+    """The empty caption's context (1, L, D), for caption dropout on cached context."""
+    atomic_write(uncond_path(root), lambda tmp: save_file(dict(context=context.contiguous()), tmp))
+
+
 def write_shard(path: PathLike, latents: torch.Tensor, context: torch.Tensor,
                 keys: List[str]) -> None:
     """Shard file ``path`` of latents (n, C, h, w), context (n, L, D) and n sample ids."""
@@ -83,7 +94,7 @@ class LatentCacheDataset(Dataset):
     """Samples of a latent cache (see the module docstring).
 
     ``dataset[i]`` is a dict: ``latents`` float32 (C, h, w), ``context``
-    float32 (L, D), ``key`` str; batch with ``default_collate``. Each access
+    float32 (L, D), ``uncond_context`` float32 (L, D) (the empty caption's), ``key`` str; batch with ``default_collate``. Each access
     reads one sample's slices from its shard file, nothing more.
 
     Args:
@@ -99,11 +110,11 @@ class LatentCacheDataset(Dataset):
         settings = json.loads(manifest.read_text())
         self.num_samples, self.shard_size = settings['num_samples'], settings['shard_size']
         paths = [shard_path(root, k) for k in range(num_shards(self.num_samples, self.shard_size))]
-        missing = [p.name for p in paths if not p.is_file()]
+        missing = [p.name for p in paths + [uncond_path(root)] if not p.is_file()]
         if missing:
             raise FileNotFoundError(
-                f'the latent cache in {root} is incomplete: {len(missing)} of {len(paths)} '
-                f'shards missing (first {missing[0]}); rerun tools/precompute_cache.py with '
+                f'the latent cache in {root} is incomplete: {len(missing)} of its files missing '
+                f'(first {missing[0]}); rerun tools/precompute_cache.py with '
                 'the same arguments to finish it')
         keys = []
         for k, path in enumerate(paths):
@@ -119,6 +130,8 @@ class LatentCacheDataset(Dataset):
             keys.extend(shard_keys)
         self._paths = [str(p) for p in paths]
         self._keys = PackedStrings(keys)
+        with safe_open(uncond_path(root), framework='pt') as file:
+            self._uncond = file.get_tensor('context')[0].float()
 
     def __len__(self) -> int:
         return self.num_samples
@@ -133,4 +146,4 @@ class LatentCacheDataset(Dataset):
         # A handle per access: nothing open is shared with forked DataLoader workers.
         with safe_open(self._paths[shard], framework='pt') as file:
             sample = {name: file.get_slice(name)[row:row + 1][0].float() for name in TENSORS}
-        return dict(sample, key=self._keys[index])
+        return dict(sample, uncond_context=self._uncond, key=self._keys[index])

@@ -20,7 +20,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -43,10 +43,12 @@ SD21_VAE_ARCH = dict(
     sample_size=768,
     scaling_factor=0.18215)
 
+CLIP_VOCAB_SIZE = 49408
+
 # OpenCLIP ViT-H/14's text tower as SD2.1 uses it: 23 of its 24 layers (SD2.1 takes
 # the penultimate layer's states, which diffusers stores as a 23-layer CLIPTextModel).
 SD21_TEXT_ARCH = dict(
-    vocab_size=49408,
+    vocab_size=CLIP_VOCAB_SIZE,
     hidden_size=1024,
     intermediate_size=4096,
     projection_dim=1024,
@@ -56,19 +58,18 @@ SD21_TEXT_ARCH = dict(
     hidden_act='gelu',
     layer_norm_eps=1e-5)
 
-CLIP_VOCAB_SIZE = 49408
-
 
 def local_folder(pretrained: Optional[str], subfolder: Optional[str], what: str,
-                 marker: str = 'config.json') -> Path:
-    """The folder ``pretrained/subfolder``; raises naming what is missing."""
+                 markers: Tuple[str, ...] = ('config.json', )) -> Path:
+    """The folder ``pretrained/subfolder``, holding one of ``markers``; raises naming what
+    is missing."""
     if pretrained is None:
         raise ValueError(f'{what} needs `pretrained`: a local diffusers pipeline folder '
                          '(set model.pretrained or the component\'s own pretrained; '
                          'load_weights=False builds random weights for smoke tests)')
     folder = Path(pretrained).expanduser() / (subfolder or '')
-    if not (folder / marker).is_file():
-        raise FileNotFoundError(f'{what} not found: expected {marker} in {folder} '
+    if not any((folder / marker).is_file() for marker in markers):
+        raise FileNotFoundError(f'{what} not found: expected {" or ".join(markers)} in {folder} '
                                 f'(pretrained={pretrained!r}, subfolder={subfolder!r})')
     return folder
 
@@ -88,7 +89,8 @@ def openclip_tokenizer_folder() -> Path:
     Converts ``open_clip/bpe_simple_vocab_16e6.txt.gz`` into ``vocab.json``,
     ``merges.txt`` and ``tokenizer_config.json`` under
     ``cache_path('tokenizer')``, once per vocabulary file. Like SD2.1's own
-    tokenizer folder it pads with '!' (id 0), as OpenCLIP did in training.
+    tokenizer folder it pads with '!' (id 0), as OpenCLIP did in training; so, as
+    there, a '!' in a caption reads as id 0 where open_clip gives '!</w>' (256).
     """
     try:
         from open_clip.tokenizer import SimpleTokenizer, default_bpe
@@ -115,8 +117,8 @@ def openclip_tokenizer_folder() -> Path:
     # Written in full into a temp folder, then renamed: the folder is complete or absent.
     tmp = Path(tempfile.mkdtemp(prefix=f'.{folder.name}.', dir=folder.parent))
     try:
-        (tmp / 'vocab.json').write_text(json.dumps(vocab, ensure_ascii=False))
-        (tmp / 'merges.txt').write_text(merges)
+        (tmp / 'vocab.json').write_text(json.dumps(vocab, ensure_ascii=False), encoding='utf-8')
+        (tmp / 'merges.txt').write_text(merges, encoding='utf-8')
         (tmp / 'tokenizer_config.json').write_text(json.dumps(config, indent=2))
         os.chmod(tmp, 0o755)  # mkdtemp makes 0700
         os.rename(tmp, folder)
@@ -211,13 +213,15 @@ class CLIPTextEncoder(nn.Module):
             self.model = CLIPTextModel.from_pretrained(folder, local_files_only=True)
         else:
             self.model = CLIPTextModel(CLIPTextConfig(**config))
+        # Hub folders hold vocab.json + merges.txt; transformers 5 saves tokenizer.json alone.
         tok_folder = (openclip_tokenizer_folder() if pretrained is None else
-                      local_folder(pretrained, tokenizer_subfolder, 'CLIP tokenizer', 'vocab.json'))
+                      local_folder(pretrained, tokenizer_subfolder, 'CLIP tokenizer',
+                                   ('vocab.json', 'tokenizer.json')))
         self.tokenizer = CLIPTokenizer.from_pretrained(tok_folder, local_files_only=True)
         if len(self.tokenizer) != CLIP_VOCAB_SIZE:  # a broken offline load gives 2 tokens
             raise ValueError(f'the CLIP tokenizer at {tok_folder} has {len(self.tokenizer)} '
                              f'tokens, expected {CLIP_VOCAB_SIZE}; its vocab.json/merges.txt '
-                             'are incomplete')
+                             '(or tokenizer.json) are incomplete')
         self.context_length = self.tokenizer.model_max_length
         self.dim = self.model.config.hidden_size
 

@@ -93,6 +93,14 @@ class LatentDiffusion(BaseModel):
 
     # -- construction ----------------------------------------------------------
 
+    @classmethod
+    def from_config(cls, model_cfg: dict, **overrides) -> 'LatentDiffusion':
+        """The dense model of any model config (also an ``ALTER`` one): its UNet, noise
+        schedule and frozen conditioning, leaving out the keys of other model types."""
+        known = inspect.signature(LatentDiffusion.__init__).parameters
+        kwargs = {k: v for k, v in model_cfg.items() if k in known and k != 'self'}
+        return LatentDiffusion(**dict(kwargs, **overrides))
+
     def build_component(self, cfg: Optional[dict]) -> Optional[nn.Module]:
         """Build a component config, defaulting its ``pretrained`` to the model's."""
         if cfg is None:
@@ -147,7 +155,8 @@ class LatentDiffusion(BaseModel):
 
         Takes ``latents``/``context`` as given, or encodes ``image``/``caption``
         with the frozen components; captions are dropped to '' with
-        probability ``cond_dropout``.
+        probability ``cond_dropout`` (precomputed context: replaced by the batch's
+        ``uncond_context``, the encoding of '', with the same draws).
         """
         if 'latents' in data:
             latents = data['latents']
@@ -157,7 +166,16 @@ class LatentDiffusion(BaseModel):
             raise KeyError("the batch has no 'latents', and no 'image' with model.autoencoder "
                            f'set to encode it; batch keys: {sorted(data)}')
         if 'context' in data:
-            return latents, data['context']
+            context = data['context']
+            if self.cond_dropout == 0:
+                return latents, context
+            if 'uncond_context' not in data:
+                raise KeyError(f"model.cond_dropout={self.cond_dropout} needs 'uncond_context' "
+                               'beside precomputed context (LatentCacheDataset gives it); or '
+                               'set model.cond_dropout=0')
+            drop = self.draw(torch.rand, len(context)) < self.cond_dropout
+            return latents, torch.where(drop.view(-1, 1, 1).to(context.device),
+                                        data['uncond_context'].to(context), context)
         if self.text_encoder is None or 'caption' not in data:
             raise KeyError("the batch has no 'context', and no 'caption' with "
                            f'model.text_encoder set to encode it; batch keys: {sorted(data)}')
