@@ -1,0 +1,49 @@
+"""tools/estimate_memory.py: activation bytes measured on a real (tiny) UNet."""
+import importlib.util
+import os
+
+from alter.registry import MODELS
+
+from .conftest import ROOT, build_tiny_unet
+
+
+def _tool():
+    spec = importlib.util.spec_from_file_location(
+        'estimate_memory', os.path.join(ROOT, 'tools', 'estimate_memory.py'))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_activation_bytes_follow_precision_resolution_and_checkpointing():
+    tool = _tool()
+    unet = build_tiny_unet()
+    context = unet.config.cross_attention_dim
+
+    def measure(latent=16, amp='none', checkpointing=False):
+        return tool.activation_bytes(build_tiny_unet() if checkpointing else unet, latent, 8,
+                                     amp, checkpointing)
+
+    full, fixed = measure()
+    # Bigger than the input itself; without autocast nothing but the inputs' own scalars
+    # stays per step (parameters are not activations).
+    assert full > 4 * (4 * 16 * 16 + 8 * context)
+    assert abs(fixed) < 0.01 * full
+    half, copies = measure(amp='bf16')
+    assert half < 0.75 * full  # half-precision activations ...
+    n_params = sum(p.numel() for p in unet.parameters() if p.dim() > 1)
+    assert copies > n_params  # ... and bf16 weight copies, once per step
+    assert 3 * full < measure(latent=32)[0] < 5 * full  # ~ proportional to the latent's area
+    assert measure(checkpointing=True)[0] < 0.5 * full
+    assert not any(p.grad is not None for p in unet.parameters())  # forward only
+
+
+def test_frozen_components_are_counted_on_the_meta_device():
+    tool = _tool()
+    assert tool.num_parameters(None) == 0
+    assert tool.num_parameters(dict(type='PixelUnshuffleAutoencoder')) == 0  # no weights
+    vae = dict(type='SDAutoencoder', arch=dict(
+        block_out_channels=[32, 64], layers_per_block=1, norm_num_groups=32,
+        down_block_types=['DownEncoderBlock2D'] * 2, up_block_types=['UpDecoderBlock2D'] * 2))
+    built = MODELS.build(dict(vae, load_weights=False))
+    assert tool.num_parameters(vae) == sum(p.numel() for p in built.parameters()) > 0

@@ -1,0 +1,121 @@
+"""Peak GPU memory of ALTER training per GPU, estimated without a GPU or weights.
+
+    python tools/estimate_memory.py configs/alter/sd21_e4_s35.py [--batch 32] [--resolution 512]
+        [--amp bf16|fp16|none] [--optimizer adamw|adamw8bit|sgd] [--gradient-checkpointing]
+
+Static memory is counted from parameter numbers: the trained UNet (fp32 weights,
+fp32 gradients, DDP's gradient buckets, optimiser state), the frozen teacher, VAE
+and text encoder in ``model.frozen_dtype``. Activation memory is measured: one
+gated student forward of the real architecture (random weights, batch 1, under
+autocast on the CPU as on a GPU) with a hook that adds up the bytes of every
+tensor autograd saves for backward (storage-deduplicated), at batch 1 and 2, so what
+grows with the batch is scaled to ``--batch`` and the rest (autocast's weight copies) not;
+this is the dense upper bound of the UNet step, and the hypernetwork step's
+student forward is no larger. Not counted: CUDA context and allocator slack
+(typically +1-3 GiB) and the teacher's forward, which saves nothing.
+"""
+import argparse
+import inspect
+from typing import Dict, Tuple
+
+import torch
+from mmengine.config import Config, DictAction
+
+from alter.registry import MODELS, PRUNING_SPACES
+from alter.units.gating import UnitGating
+
+GIB = 1024 ** 3
+OPTIMIZER_STATE_BYTES = {'adamw': 8, 'adamw8bit': 2, 'sgd': 0}  # per trained parameter
+FROZEN_BYTES = {None: 4, 'float32': 4, 'float16': 2, 'bfloat16': 2}
+
+
+def saved_bytes(unet, gating: UnitGating, batch: int, latent: int, context_length: int,
+                dtype) -> int:
+    """Bytes autograd saves in one gated forward of ``unet`` at ``batch`` (weights excluded)."""
+    x = torch.randn(batch, unet.config.in_channels, latent, latent)
+    context = torch.randn(batch, context_length, unet.config.cross_attention_dim)
+    gates = torch.ones(batch, len(gating), requires_grad=True)
+    seen: Dict[int, int] = {}
+
+    def pack(tensor: torch.Tensor) -> torch.Tensor:
+        storage = tensor.untyped_storage()
+        seen[storage.data_ptr()] = storage.nbytes()  # views of one storage count once
+        return tensor
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), \
+            torch.autocast('cpu', dtype=dtype or torch.bfloat16, enabled=dtype is not None), \
+            gating.soft(gates):
+        unet(x, torch.full((batch, ), 500), context)
+    params = {p.untyped_storage().data_ptr() for p in unet.parameters()}
+    return sum(n for ptr, n in seen.items() if ptr not in params)
+
+
+def activation_bytes(unet, latent: int, context_length: int, amp: str,
+                     checkpointing: bool) -> Tuple[int, int]:
+    """(per sample, per step) bytes autograd saves in a gated forward of ``unet``.
+
+    Measured at batch 1 and 2: what grows with the batch is per sample; the rest
+    (autocast's half-precision weight copies, kept for backward) is per step.
+    """
+    gating = UnitGating(PRUNING_SPACES.build(dict(type='paper')).find(unet))
+    if checkpointing:
+        unet.enable_gradient_checkpointing()
+    unet.train()
+    dtype = dict(bf16=torch.bfloat16, fp16=torch.float16).get(amp)
+    one, two = (saved_bytes(unet, gating, b, latent, context_length, dtype) for b in (1, 2))
+    gating.remove()
+    return two - one, 2 * one - two
+
+
+def num_parameters(cfg) -> int:
+    """Parameters of a frozen component config, built random on the meta device (no memory)."""
+    if not cfg:
+        return 0
+    if 'load_weights' in inspect.signature(MODELS.get(cfg['type'])).parameters:
+        cfg = dict(cfg, load_weights=False)
+    with torch.device('meta'):
+        return sum(p.numel() for p in MODELS.build(dict(cfg)).parameters())
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    parser.add_argument('config')
+    parser.add_argument('--batch', type=int, default=32, help='samples per GPU (paper: 64 on 2)')
+    parser.add_argument('--resolution', type=int, help='pixels (default: model.resolution)')
+    parser.add_argument('--amp', default='bf16', choices=['bf16', 'fp16', 'none'])
+    parser.add_argument('--optimizer', default='adamw', choices=sorted(OPTIMIZER_STATE_BYTES))
+    parser.add_argument('--gradient-checkpointing', action='store_true')
+    parser.add_argument('--cfg-options', nargs='+', action=DictAction, default={})
+    args = parser.parse_args()
+    cfg = Config.fromfile(args.config)
+    cfg.merge_from_dict(args.cfg_options)
+    model = cfg.model
+    resolution = args.resolution or model.resolution
+    latent = resolution // model.get('latent_scale', 8)
+    torch.manual_seed(0)
+    unet = MODELS.build(dict(model.unet, load_weights=False))
+    n_unet = sum(p.numel() for p in unet.parameters())
+    frozen = FROZEN_BYTES[model.get('frozen_dtype')]
+    n_vae, n_text = (num_parameters(model.get(k)) for k in ('autoencoder', 'text_encoder'))
+    per_sample, per_step = activation_bytes(unet, latent, model.get('context_length', 77),
+                                            args.amp, args.gradient_checkpointing)
+    rows = {
+        'UNet weights (fp32)': 4 * n_unet,
+        'UNet gradients (fp32)': 4 * n_unet,
+        'DDP gradient buckets (fp32)': 4 * n_unet,
+        f'optimiser state ({args.optimizer})': OPTIMIZER_STATE_BYTES[args.optimizer] * n_unet,
+        f'teacher UNet ({model.get("frozen_dtype") or "float32"})': frozen * n_unet,
+        'VAE + text encoder (frozen)': frozen * (n_vae + n_text),
+        f'activations ({args.batch} x {per_sample / GIB:.2f} GiB)': args.batch * per_sample,
+        'half-precision weight copies (autocast)': per_step,
+    }
+    print(f'{args.config}: {resolution} px (latent {latent}x{latent}), batch {args.batch} per '
+          f'GPU, amp {args.amp}, gradient checkpointing {args.gradient_checkpointing}')
+    for name, value in rows.items():
+        print(f'  {name:40s} {value / GIB:7.2f} GiB')
+    print(f'  {"total (before CUDA context/allocator slack)":40s} '
+          f'{sum(rows.values()) / GIB:7.2f} GiB')
+
+
+if __name__ == '__main__':
+    main()
