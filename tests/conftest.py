@@ -1,4 +1,5 @@
 """Shared fixtures: offline, single-threaded, tiny real diffusers models."""
+import importlib.util
 import os
 
 os.environ.setdefault('HF_HUB_OFFLINE', '1')
@@ -40,3 +41,11 @@ def tiny_inputs():
 def _mac_cache(tmp_path, monkeypatch):
     """Each test counts MACs into its own cache folder."""
     monkeypatch.setenv('ALTER_CACHE', str(tmp_path / 'cache'))
+
+
+def load_tool(name: str):
+    """``tools/<name>.py`` as a module, to call its functions in-process."""
+    spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, 'tools', f'{name}.py'))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

@@ -1,22 +1,11 @@
 """tools/estimate_memory.py: activation bytes measured on a real (tiny) UNet."""
-import importlib.util
-import os
-
 from alter.registry import MODELS
 
-from .conftest import ROOT, build_tiny_unet
-
-
-def _tool():
-    spec = importlib.util.spec_from_file_location(
-        'estimate_memory', os.path.join(ROOT, 'tools', 'estimate_memory.py'))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from .conftest import build_tiny_unet, load_tool
 
 
 def test_activation_bytes_follow_precision_resolution_and_checkpointing():
-    tool = _tool()
+    tool = load_tool('estimate_memory')
     unet = build_tiny_unet()
     context = unet.config.cross_attention_dim
 
@@ -39,7 +28,7 @@ def test_activation_bytes_follow_precision_resolution_and_checkpointing():
 
 
 def test_frozen_components_are_counted_on_the_meta_device():
-    tool = _tool()
+    tool = load_tool('estimate_memory')
     assert tool.num_parameters(None) == 0
     assert tool.num_parameters(dict(type='PixelUnshuffleAutoencoder')) == 0  # no weights
     vae = dict(type='SDAutoencoder', arch=dict(

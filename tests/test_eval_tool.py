@@ -1,5 +1,4 @@
 """tools/test.py on the embedded benchmark, and the prompt files and image store it uses."""
-import importlib.util
 import json
 from pathlib import Path
 
@@ -15,17 +14,11 @@ from alter.inference.experts import save_checkpoint
 from alter.registry import MODELS
 
 from .conftest import ROOT as _ROOT
+from .conftest import load_tool
 
 ROOT = Path(_ROOT)
 
 SHAPES = 'configs/alter/shapes_e4_s35.py'
-
-
-def _tool():
-    spec = importlib.util.spec_from_file_location('alter_test_tool', ROOT / 'tools' / 'test.py')
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 # -- prompt files ------------------------------------------------------------------------------
@@ -120,7 +113,7 @@ def _run(tool, checkpoint, work_dir, *extra):
 
 
 def test_routed_images_scored_resumed_and_recorded(shapes_alter, tmp_path):
-    tool = _tool()
+    tool = load_tool('test')
     pruned, full, experts = shapes_alter
     metrics = ['--metrics', 'attribute_accuracy', 'ssim', 'psnr', 'macs', 'latency',
                '--latency-repeats', '1', '--latency-warmup', '0']
@@ -151,7 +144,7 @@ def test_routed_images_scored_resumed_and_recorded(shapes_alter, tmp_path):
 
 
 def test_missing_weights_and_references_fail_with_the_option_to_pass(shapes_alter, tmp_path):
-    tool = _tool()
+    tool = load_tool('test')
     with pytest.raises(SystemExit):  # argparse: COCO presets need a prompt file
         tool.parse_args([SHAPES, 'dense', '--preset', 'coco2017-5k'])
     prompts = tmp_path / 'p.txt'

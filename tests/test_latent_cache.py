@@ -1,5 +1,4 @@
 """tools/precompute_cache.py and LatentCacheDataset on the embedded benchmark's tiny config."""
-import importlib.util
 import os
 
 import pytest
@@ -11,23 +10,16 @@ from alter.datasets.latent_cache import shard_path
 from alter.datasets.shapes import collate as shapes_collate
 from alter.registry import DATASETS, MODELS
 
-from .conftest import ROOT
+from .conftest import ROOT, load_tool
 
 CONFIG = os.path.join(ROOT, 'configs', 'alter', 'shapes_e4_s35.py')
 NUM_SAMPLES = 10  # 3 shards of 4, the last one partial; batches of 3 straddle shards
 
 
-def _tool():
-    spec = importlib.util.spec_from_file_location(
-        'precompute_cache', os.path.join(ROOT, 'tools', 'precompute_cache.py'))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def precompute(out, *extra) -> None:
-    _tool().main([CONFIG, '--out', str(out), '--shard-size', '4', '--batch-size', '3', *extra,
-                  '--cfg-options', f'train_dataloader.dataset.num_samples={NUM_SAMPLES}'])
+    load_tool('precompute_cache').main([CONFIG, '--out', str(out), '--shard-size', '4',
+                                        '--batch-size', '3', *extra, '--cfg-options',
+                                        f'train_dataloader.dataset.num_samples={NUM_SAMPLES}'])
 
 
 def test_cache_holds_the_models_own_encoding(tmp_path):

@@ -1,8 +1,8 @@
 # The embedded benchmark's dense teacher: plain diffusion training of the mini LDM on
 # Shapes-T2I with 10 % caption dropout for classifier-free guidance.
-# Reproduce: python tools/train.py configs/teacher/shapes_dense.py --work-dir work_dirs/shapes_dense
-#            python tools/export.py work_dirs/shapes_dense/iter_1500.pth --half \
-#                --out checkpoints/shapes_teacher
+# Phase 1 of 2: python tools/train.py configs/teacher/shapes_dense.py --work-dir work_dirs/shapes_dense
+# then configs/teacher/shapes_dense_continue.py (2000 more iterations), whose export is the
+# shipped checkpoints/shapes_teacher.
 # The checkpoint's weights are the EMA weights (decay 0.995, a ~200-iteration horizon).
 _base_ = [
     '../_base_/models/shapes_ldm.py', '../_base_/datasets/shapes_t2i.py',
