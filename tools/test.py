@@ -323,21 +323,26 @@ def main(argv=None) -> Dict:
         preset=args.preset, **settings, steps=args.steps, dense_steps=args.dense_steps,
         metrics=args.metrics, seeds=f'prompt i uses seed {args.seed} * 100000 + i',
         image_format='8-bit PNG, metrics read the saved files',
-        fid=dict(mode=args.fid_mode, resize=f'center square crop, antialiased bicubic to '
-                 f'{args.fid_size} px' if args.fid_size else 'none',
-                 reference=args.reference or ('Shapes-T2I val renders' if args.prompts == 'shapes'
-                                              else None),
-                 reference_stats=args.reference_stats,
-                 inception_weights=file_record(args.inception_weights)),
-        clip=dict(model=args.clip_model, pretrained=args.clip_pretrained,
-                  weights=file_record(args.clip_weights), score='100 * cos, mean over images'),
-        cmmd=dict(model='ViT-L-14-336', pretrained='openai', weights=file_record(args.cmmd_weights),
-                  sigma=10, scale=1000),
         device=device_name(device), precision='fp16 autocast' if device.type == 'cuda' else 'fp32',
         versions=dict(python=platform.python_version(),
                       **{p: package_version(p) for p in ('alter', 'torch', 'diffusers', 'mmengine',
                                                          'open_clip_torch')}),
         command=' '.join(sys.argv))
+    if set(args.metrics) & {'fid', 'proxy_fid', 'proxy_kid'}:
+        manifest['fid'] = dict(
+            mode=args.fid_mode, reference_stats=args.reference_stats,
+            resize=f'center square crop, antialiased bicubic to {args.fid_size} px'
+            if args.fid_size else 'none',
+            reference=args.reference or ('Shapes-T2I val renders' if args.prompts == 'shapes'
+                                         else None),
+            inception_weights=file_record(args.inception_weights))
+    if 'clip' in args.metrics:
+        manifest['clip'] = dict(model=args.clip_model, pretrained=args.clip_pretrained,
+                                weights=file_record(args.clip_weights),
+                                score='100 * cos, mean over images')
+    if 'cmmd' in args.metrics:
+        manifest['cmmd'] = dict(model='ViT-L-14-336', pretrained='openai', sigma=10, scale=1000,
+                                weights=file_record(args.cmmd_weights))
     write_results(work_dir, rows, manifest)
     for row in rows:
         print('  '.join(f'{k}={v:.4g}' if isinstance(v, float) else f'{k}={v}'
