@@ -298,3 +298,12 @@ def test_script_runs_as_a_file_without_training_code(tmp_path):
                             text=True)
     assert result.returncode == 0, result.stderr
     assert_figures(tmp_path / 'out', 'pareto_attribute_accuracy')
+
+
+def test_committed_study_figures_regenerate_from_committed_results(tmp_path):
+    study = ROOT / 'docs' / 'study'
+    committed = sorted(p.relative_to(study / 'figures') for p in (study / 'figures').rglob('*.png'))
+    written = make_figures.make_figures(sorted((study / 'runs').iterdir()),
+                                        [study / 'pareto.csv'], tmp_path)
+    assert committed and sorted(p.relative_to(tmp_path) for p in written
+                                if p.suffix == '.png') == committed
