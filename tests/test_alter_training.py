@@ -209,8 +209,9 @@ def test_every_expert_generator_trains_through_config(tmp_path, generator):
 
 
 def test_resumed_run_repeats_the_uninterrupted_losses(tmp_path):
+    hooks = Config.fromfile(TINY).custom_hooks + [dict(type='UNetEMAHook', momentum=0.1)]
     options = {'train_cfg.max_iters': 10, 'model.hypernet_iters': 6,
-               'default_hooks.checkpoint.interval': 4}
+               'default_hooks.checkpoint.interval': 4, 'custom_hooks': hooks}
     train(tiny_cfg(tmp_path / 'straight', **options))
     first = tiny_cfg(tmp_path / 'split', **dict(options, **{'train_cfg.max_iters': 4}))
     train(first)
@@ -225,6 +226,10 @@ def test_resumed_run_repeats_the_uninterrupted_losses(tmp_path):
         assert ('hyper/loss' in a) == ('hyper/loss' in b)
         if 'hyper/loss' in a:
             assert a['hyper/loss'] == pytest.approx(b['hyper/loss'], rel=1e-5)
+    # The UNet's average carries over the interruption too.
+    ema = [torch.load(tmp_path / run / 'iter_10.pth', weights_only=False)['ema_unet']
+           for run in ('straight', 'split')]
+    assert all(torch.allclose(ema[0][k], ema[1][k], atol=1e-6) for k in ema[0])
 
 
 def test_train_tool_writes_the_expert_file(tmp_path):

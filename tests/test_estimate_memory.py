@@ -1,4 +1,5 @@
 """tools/estimate_memory.py: activation bytes measured on a real (tiny) UNet."""
+from alter.engine.parallel import sharded_modules
 from alter.registry import MODELS
 
 from .conftest import build_tiny_unet, load_tool
@@ -36,3 +37,18 @@ def test_frozen_components_are_counted_on_the_meta_device():
         down_block_types=['DownEncoderBlock2D'] * 2, up_block_types=['UpDecoderBlock2D'] * 2))
     built = MODELS.build(dict(vae, load_weights=False))
     assert tool.num_parameters(vae) == sum(p.numel() for p in built.parameters()) > 0
+
+
+def test_largest_gathered_module_counts_its_own_parameters():
+    """Each parameter belongs to the innermost sharded module whose name prefixes it."""
+    tool = load_tool('estimate_memory')
+    unet = build_tiny_unet()
+    names = {module: name for name, module in unet.named_modules()}
+    prefixes = [names[m] for m in sharded_modules(unet)]
+    own = {}
+    for name, p in unet.named_parameters():
+        owner = max((q for q in prefixes if q == '' or name.startswith(q + '.')), key=len)
+        own[owner] = own.get(owner, 0) + p.numel()
+    assert sum(own.values()) == sum(p.numel() for p in unet.parameters())
+    assert tool.largest_shard_unit(unet) == max(own.values())
+    assert {'', 'down_blocks.0', 'down_blocks.0.resnets.0', 'mid_block.attentions.0'} <= set(own)

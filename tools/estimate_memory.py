@@ -2,10 +2,14 @@
 
     python tools/estimate_memory.py configs/alter/sd21_e4_s35.py [--batch 32] [--resolution 512]
         [--amp bf16|fp16|none] [--optimizer adamw|adamw8bit|sgd] [--gradient-checkpointing]
+        [--fsdp NUM_GPUS]
 
 Static memory is counted from parameter numbers: the trained UNet (fp32 weights,
 fp32 gradients, DDP's gradient buckets, optimiser state), the frozen teacher, VAE
-and text encoder in ``model.frozen_dtype``. Activation memory is measured: one
+and text encoder in ``model.frozen_dtype``. With ``--fsdp N`` (``tools/train.py
+--fsdp``) the UNet's and the teacher's weights, gradients and optimiser state are
+split over N GPUs, and the layers gathered while they run are added: the largest
+sharded module twice (the running one and the prefetched next) plus its gradients. Activation memory is measured: one
 gated student forward of the real architecture (random weights, batch 1, under
 autocast on the CPU as on a GPU) with a hook that adds up the bytes of every
 tensor autograd saves for backward (storage-deduplicated), at batch 1 and 2, so what
@@ -21,6 +25,7 @@ from typing import Dict, Tuple
 import torch
 from mmengine.config import Config, DictAction
 
+from alter.engine.parallel import sharded_modules
 from alter.registry import MODELS, PRUNING_SPACES
 from alter.units.gating import UnitGating
 
@@ -67,6 +72,18 @@ def activation_bytes(unet, latent: int, context_length: int, amp: str,
     return two - one, 2 * one - two
 
 
+def largest_shard_unit(unet) -> int:
+    """Parameters of the largest module FSDP gathers at once (its own, not inner units')."""
+    owner: Dict[int, int] = {}
+    for index, module in enumerate(sharded_modules(unet)):  # innermost first
+        for p in module.parameters():
+            owner.setdefault(id(p), index)
+    sizes: Dict[int, int] = {}
+    for p in unet.parameters():
+        sizes[owner[id(p)]] = sizes.get(owner[id(p)], 0) + p.numel()
+    return max(sizes.values())
+
+
 def num_parameters(cfg) -> int:
     """Parameters of a frozen component config, built random on the meta device (no memory)."""
     if not cfg:
@@ -85,6 +102,8 @@ def main() -> None:
     parser.add_argument('--amp', default='bf16', choices=['bf16', 'fp16', 'none'])
     parser.add_argument('--optimizer', default='adamw', choices=sorted(OPTIMIZER_STATE_BYTES))
     parser.add_argument('--gradient-checkpointing', action='store_true')
+    parser.add_argument('--fsdp', type=int, default=0, metavar='NUM_GPUS',
+                        help='shard the UNet and the teacher over this many GPUs (default: DDP)')
     parser.add_argument('--cfg-options', nargs='+', action=DictAction, default={})
     args = parser.parse_args()
     cfg = Config.fromfile(args.config)
@@ -99,21 +118,26 @@ def main() -> None:
     n_vae, n_text = (num_parameters(model.get(k)) for k in ('autoencoder', 'text_encoder'))
     per_sample, per_step = activation_bytes(unet, latent, model.get('context_length', 77),
                                             args.amp, args.gradient_checkpointing)
+    shards = max(args.fsdp, 1)
     rows = {
-        'UNet weights (fp32)': 4 * n_unet,
-        'UNet gradients (fp32)': 4 * n_unet,
-        'DDP gradient buckets (fp32)': 4 * n_unet,
-        f'optimiser state ({args.optimizer})': OPTIMIZER_STATE_BYTES[args.optimizer] * n_unet,
-        f'teacher UNet ({model.get("frozen_dtype") or "float32"})': frozen * n_unet,
+        'UNet weights (fp32)': 4 * n_unet / shards,
+        'UNet gradients (fp32)': 4 * n_unet / shards,
+        f'optimiser state ({args.optimizer})': OPTIMIZER_STATE_BYTES[args.optimizer] * n_unet / shards,
+        f'teacher UNet ({model.get("frozen_dtype") or "float32"})': frozen * n_unet / shards,
         'VAE + text encoder (frozen)': frozen * (n_vae + n_text),
         f'activations ({args.batch} x {per_sample / GIB:.2f} GiB)': args.batch * per_sample,
         'half-precision weight copies (autocast)': per_step,
     }
+    if args.fsdp:
+        rows['gathered layers (2 x largest + its gradients)'] = 3 * 4 * largest_shard_unit(unet)
+    else:
+        rows['DDP gradient buckets (fp32)'] = 4 * n_unet
     print(f'{args.config}: {resolution} px (latent {latent}x{latent}), batch {args.batch} per '
-          f'GPU, amp {args.amp}, gradient checkpointing {args.gradient_checkpointing}')
+          f'GPU, amp {args.amp}, gradient checkpointing {args.gradient_checkpointing}, '
+          + (f'FSDP over {args.fsdp} GPUs' if args.fsdp else 'DDP'))
     for name, value in rows.items():
-        print(f'  {name:40s} {value / GIB:7.2f} GiB')
-    print(f'  {"total (before CUDA context/allocator slack)":40s} '
+        print(f'  {name:46s} {value / GIB:7.2f} GiB')
+    print(f'  {"total (before CUDA context/allocator slack)":46s} '
           f'{sum(rows.values()) / GIB:7.2f} GiB')
 
 

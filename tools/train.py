@@ -1,16 +1,18 @@
-"""Train a config with mmengine's Runner.
+"""Train a config with mmengine's Runner (``ShardAwareRunner``).
 
     python tools/train.py configs/alter/sd21_e4_s35.py [--work-dir DIR]
-        [--cfg-options k=v ...] [--resume [PATH]] [--amp] [--launcher none|pytorch]
+        [--cfg-options k=v ...] [--resume [PATH]] [--amp] [--launcher none|pytorch] [--fsdp]
 """
 import argparse
 import os.path as osp
 
 import torch
 from mmengine.config import Config, DictAction
-from mmengine.runner import Runner
 
 from alter.engine.checkpoint import trust_local_checkpoints
+from alter.engine.runner import ShardAwareRunner
+from alter.models.alter import ALTER
+from alter.registry import MODELS
 from alter.engine.run_config import check_and_record
 
 
@@ -26,6 +28,9 @@ def parse_args() -> argparse.Namespace:
                         help='override config settings, e.g. model.num_experts=10')
     parser.add_argument('--launcher', choices=['none', 'pytorch'], default='none',
                         help='job launcher (pytorch = torchrun)')
+    parser.add_argument('--fsdp', action='store_true',
+                        help='shard the UNet and the teacher over the ranks (FSDP2) instead of '
+                        'replicating them (DDP); for runs that do not fit in GPU memory')
     return parser.parse_args()
 
 
@@ -38,17 +43,17 @@ def use_amp(optim_wrapper: dict) -> None:
         entry.setdefault('loss_scale', 'dynamic')
 
 
-def setup_distributed(cfg: Config) -> None:
-    """DDP per trained sub-module (UNet, hypernetwork), as their train_step needs.
+def setup_distributed(cfg: Config, fsdp: bool) -> None:
+    """One wrapper per trained sub-module (UNet, hypernetwork), as their train_step needs:
+    DDP, or FSDP2 for the UNet and the teacher (``alter.engine.parallel``).
 
     Without CUDA, the gloo process group is started here: mmengine's own
-    initialisation calls torch.cuda.set_device and gives DDP device ids.
+    initialisation calls torch.cuda.set_device.
     """
-    wrapper = dict(type='MMSeparateDistributedDataParallel', broadcast_buffers=False,
-                   find_unused_parameters=False)
+    sharded = ['unet', 'teacher'] if issubclass(MODELS.get(cfg.model.type), ALTER) else ['unet']
+    wrapper = dict(type='SubmoduleParallel', shard=sharded if fsdp else [])
     if not torch.cuda.is_available():
         torch.distributed.init_process_group(backend='gloo')
-        wrapper['device_ids'] = None
     cfg.model_wrapper_cfg = dict(wrapper, **cfg.get('model_wrapper_cfg', {}))
 
 
@@ -66,10 +71,17 @@ def main() -> None:
         cfg.resume, cfg.load_from = True, None
     elif args.resume:
         cfg.resume, cfg.load_from = True, args.resume
+    if args.fsdp and args.launcher == 'none':
+        raise ValueError('--fsdp shards the model over distributed ranks: launch with '
+                         'tools/dist_train.sh (--launcher pytorch)')
+    if args.fsdp and any(hook.get('type') == 'EMAHook' for hook in cfg.get('custom_hooks', [])):
+        raise ValueError("--fsdp: mmengine's EMAHook deep-copies the whole model, which FSDP "
+                         "cannot; use dict(type='UNetEMAHook', momentum=...) in custom_hooks, "
+                         'which averages the UNet alone, sharded like it')
     if args.launcher != 'none':
-        setup_distributed(cfg)
+        setup_distributed(cfg, args.fsdp)
     check_and_record(cfg, resuming=bool(args.resume))
-    Runner.from_cfg(cfg).train()
+    ShardAwareRunner.from_cfg(cfg).train()
     if torch.distributed.is_initialized():
         # Gloo worker threads still alive at interpreter exit can abort the
         # process ("terminate called without an active exception") after a good run.

@@ -1,2 +1,2 @@
-"""Runner parts: optimiser construction, hooks, checkpoint loading."""
-from alter.engine import hooks, optim  # noqa: F401
+"""Runner parts: optimiser construction, hooks, checkpoint loading, data parallelism, the runner."""
+from alter.engine import hooks, optim, parallel, runner  # noqa: F401

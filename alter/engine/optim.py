@@ -1,7 +1,9 @@
 """One optimiser wrapper per trained sub-module (UNet, hypernetwork)."""
 from mmengine.optim import DefaultOptimWrapperConstructor, OptimWrapperDict
 from torch import nn
+from torch.distributed.tensor import DTensor
 
+from alter.engine.parallel import gather_sharded_optimizer_state
 from alter.registry import OPTIM_WRAPPER_CONSTRUCTORS, OPTIMIZERS
 
 try:  # optional: 8-bit AdamW (bitsandbytes, CUDA) as optimizer type 'AdamW8bit'
@@ -36,4 +38,6 @@ class SubmoduleOptimWrapperConstructor:
             cfg = dict(cfg)
             wrappers[name] = DefaultOptimWrapperConstructor(
                 cfg, cfg.pop('paramwise_cfg', None))(getattr(model, name))
+            if any(isinstance(p, DTensor) for p in getattr(model, name).parameters()):
+                gather_sharded_optimizer_state(wrappers[name].optimizer)  # FSDP: full-state checkpoints
         return OptimWrapperDict(**wrappers)
