@@ -14,7 +14,7 @@ from mmengine.config import Config
 from alter.engine.parallel import SubmoduleParallel
 from alter.registry import MODELS
 
-from .conftest import ROOT
+from .conftest import ROOT, load_tool
 
 TINY = 'configs/alter/tiny_e4_s35.py'
 OPTIONS = ['train_cfg.max_iters=5', 'model.hypernet_iters=3', 'log_processor.window_size=1',
@@ -105,10 +105,13 @@ def test_fsdp_mixed_precision_trains_close_to_float32(tmp_path, single):
     assert any(a['unet/loss'] != b['unet/loss'] for a, b in zip(_logged(single), mixed))
 
 
-def test_fsdp_needs_distributed_launch():
-    result = subprocess.run([sys.executable, 'tools/train.py', TINY, '--fsdp'], cwd=ROOT,
-                            env=ENV, capture_output=True, text=True)
-    assert result.returncode != 0 and 'tools/dist_train.sh' in result.stderr
+@pytest.mark.parametrize('config, message', [
+    (TINY, 'launch with tools/dist_train.sh'),
+    ('configs/teacher/shapes_dense.py', "EMAHook deep-copies the whole model.*UNetEMAHook")])
+def test_fsdp_refuses_what_it_cannot_run(monkeypatch, config, message):
+    monkeypatch.setattr(sys, 'argv', ['train.py', f'{ROOT}/{config}', '--fsdp'])
+    with pytest.raises(ValueError, match=message):
+        load_tool('train').main()
 
 
 def test_bad_wrapper_settings_are_refused():

@@ -71,13 +71,13 @@ def main() -> None:
         cfg.resume, cfg.load_from = True, None
     elif args.resume:
         cfg.resume, cfg.load_from = True, args.resume
-    if args.fsdp and args.launcher == 'none':
-        raise ValueError('--fsdp shards the model over distributed ranks: launch with '
-                         'tools/dist_train.sh (--launcher pytorch)')
     if args.fsdp and any(hook.get('type') == 'EMAHook' for hook in cfg.get('custom_hooks', [])):
         raise ValueError("--fsdp: mmengine's EMAHook deep-copies the whole model, which FSDP "
                          "cannot; use dict(type='UNetEMAHook', momentum=...) in custom_hooks, "
                          'which averages the UNet alone, sharded like it')
+    if args.fsdp and args.launcher == 'none':
+        raise ValueError('--fsdp shards the model over distributed ranks: launch with '
+                         'tools/dist_train.sh (--launcher pytorch)')
     if args.launcher != 'none':
         setup_distributed(cfg, args.fsdp)
     check_and_record(cfg, resuming=bool(args.resume))
