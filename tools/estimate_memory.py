@@ -9,10 +9,10 @@ fp32 gradients, DDP's gradient buckets, optimiser state), the frozen teacher, VA
 and text encoder in ``model.frozen_dtype``. With ``--fsdp N`` (``tools/train.py
 --fsdp``) the UNet's and the teacher's weights, gradients and optimiser state are
 split over N GPUs, and the layers gathered while they run are added: the largest
-sharded module twice (the running one and the prefetched next) plus its gradients. Activation memory is measured: one
-gated student forward of the real architecture (random weights, batch 1, under
-autocast on the CPU as on a GPU) with a hook that adds up the bytes of every
-tensor autograd saves for backward (storage-deduplicated), at batch 1 and 2, so what
+sharded module twice (the running one and the prefetched next) plus its gradients.
+Activation memory is measured: one gated student forward of the real
+architecture (random weights, batch 1, under autocast on the CPU as on a GPU)
+with a hook that adds up the bytes of every tensor autograd saves for backward (storage-deduplicated), at batch 1 and 2, so what
 grows with the batch is scaled to ``--batch`` and the rest (autocast's weight copies) not;
 this is the dense upper bound of the UNet step, and the hypernetwork step's
 student forward is no larger. Not counted: CUDA context and allocator slack
