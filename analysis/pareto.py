@@ -8,7 +8,8 @@ files with the same columns; every row is one point (rows repeating a point alre
 there, such as the dense baselines of several demo runs, are drawn once). Points are grouped into
 series by method family (the ``method`` name without its ``-<steps>`` suffix,
 plus ``variant`` where given); each series' own frontier is a line, and the
-frontier over all points is the grey staircase with ringed points. Whether higher
+frontier over all points is the grey staircase with ringed points; bars are the 95 %
+intervals of ``<metric>_ci_low``/``_ci_high`` columns (else ``<metric>_std``). Whether higher
 is better is read from the metric's name (fid/kid/cmmd/lpips: lower;
 accuracy/alignment/clip: higher) unless a flag says so. Writes
 ``pareto_<metric>.png`` and ``.pdf``.
@@ -54,9 +55,10 @@ def metric_higher_is_better(metric: str) -> bool:
 
 def quality_metrics(results: pd.DataFrame) -> List[str]:
     """Numeric metric columns with a direction told by their name, leaving out ``*_std``
-    spreads and ``a/b`` per-attribute breakdowns."""
+    spreads, ``*_ci_low``/``*_ci_high`` interval bounds and ``a/b`` breakdowns."""
     return [c for c in results.columns
-            if pd.api.types.is_numeric_dtype(results[c]) and not c.endswith('_std') and '/' not in c
+            if pd.api.types.is_numeric_dtype(results[c]) and '/' not in c
+            and not c.endswith(('_std', '_ci_low', '_ci_high'))
             and set(re.split(r'[^a-z0-9]+', c.lower())) & set(LOWER_IS_BETTER + HIGHER_IS_BETTER)]
 
 
@@ -118,6 +120,17 @@ def place_labels(ax: Axes, xs: Sequence[float], ys: Sequence[float], labels: Seq
                     arrowprops=dict(arrowstyle='-', color='0.6', linewidth=0.5) if moved else None)
 
 
+def error_bars(points: pd.DataFrame, metric: str) -> Optional[np.ndarray]:
+    """(2, N) distances below and above each point: its 95 % interval where the table
+    has ``<metric>_ci_low``/``_ci_high``, else one ``<metric>_std`` either way, else None."""
+    if f'{metric}_ci_low' in points and f'{metric}_ci_high' in points:
+        return np.stack([points[metric] - points[f'{metric}_ci_low'],
+                         points[f'{metric}_ci_high'] - points[metric]]).clip(min=0)
+    if f'{metric}_std' in points:
+        return np.stack([points[f'{metric}_std']] * 2)
+    return None
+
+
 def plot_pareto(results: pd.DataFrame, metric: str, higher_is_better: Optional[bool] = None,
                 x: str = 'gmacs_per_generation') -> Figure:
     """``metric`` against ``x`` for every row of ``results``, frontiers marked."""
@@ -134,7 +147,7 @@ def plot_pareto(results: pd.DataFrame, metric: str, higher_is_better: Optional[b
         raise ValueError(f'no results row has both {x!r} and {metric!r}')
     points['family'] = points.apply(method_family, axis=1)
     front = pareto_front(points[x], points[metric], higher_is_better)
-    spread = points.get(f'{metric}_std')
+    errors = error_bars(points, metric)
 
     fig = Figure(figsize=(8, 5.5), layout='constrained')
     ax = fig.add_subplot()
@@ -150,8 +163,8 @@ def plot_pareto(results: pd.DataFrame, metric: str, higher_is_better: Optional[b
         ax.plot(own[x], own[metric], color=color, linewidth=1.5, zorder=2)
         ax.scatter(group[x], group[metric], color=color, marker=marker, s=60, zorder=3,
                    edgecolors='black', linewidths=0.4, label=family)
-        if spread is not None:
-            ax.errorbar(group[x], group[metric], yerr=spread[group.index], fmt='none',
+        if errors is not None:
+            ax.errorbar(group[x], group[metric], yerr=errors[:, group.index], fmt='none',
                         ecolor=color, elinewidth=1, capsize=3, zorder=2)
     ax.set_xlabel(AXIS_LABELS.get(x, x))
     ax.set_ylabel(f'{metric} ({"higher" if higher_is_better else "lower"} is better)')

@@ -255,7 +255,9 @@ def test_clip_score_and_cmmd_metrics(tiny_clip_weights, val_samples, tmp_path):
     for start in range(0, 16, 6):
         clip_score.process(None, val_samples[start:start + 6])
     result = clip_score.evaluate(16)
-    assert list(result) == [f'clip_score_{TINY_CLIP}']
+    name = f'clip_score_{TINY_CLIP}'
+    assert list(result) == [name, f'{name}_ci_low', f'{name}_ci_high']
+    assert result[f'{name}_ci_low'] <= result[name] <= result[f'{name}_ci_high']
     expected = 100 * (image_embeddings * text_embeddings).sum(-1).mean().item()
     assert result[f'clip_score_{TINY_CLIP}'] == pytest.approx(expected, abs=1e-4)
 

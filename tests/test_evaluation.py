@@ -330,11 +330,16 @@ def test_proxy_fid_and_kid_metrics(val_batch, tmp_path):
         for start in range(0, 200, 64):
             metric.process(None, samples[start:start + 64])
     # The reference renders themselves: distance 0 (the cache is written once).
-    assert fid.compute_metrics(fid.results)['fid_mean_colour'] == pytest.approx(0, abs=1e-9)
+    result = fid.compute_metrics(fid.results)
+    assert result['fid_mean_colour'] == pytest.approx(0, abs=1e-9)
+    # Bootstrap draws repeat images, which reads as a less diverse set: above 0.
+    assert 0 < result['fid_mean_colour_ci_low'] < result['fid_mean_colour_ci_high']
     assert len(list((tmp_path / 'mean_colour').glob('*.npy'))) == 1
     result = kid.compute_metrics(kid.results)
-    assert set(result) == {'kid_mean_colour', 'kid_mean_colour_std'}
+    assert set(result) == {'kid_mean_colour', 'kid_mean_colour_std', 'kid_mean_colour_ci_low',
+                           'kid_mean_colour_ci_high'}
     assert abs(result['kid_mean_colour']) < 1e-2
+    assert result['kid_mean_colour_ci_low'] < result['kid_mean_colour_ci_high'] < 0.05
     stats = FeatureStats.of(np.flip(np.stack(fid.results), 1)).save(tmp_path / 'flipped.npz')
     flipped = METRICS.build(dict(type='ProxyFID', extractor=_MeanColour(),
                                  reference_stats=str(stats)))
@@ -354,9 +359,19 @@ def test_attribute_accuracy_and_alignment_metrics(val_batch):
     result = accuracy.evaluate(len(samples))  # mmengine's path: collect, compute, name
     assert result['attribute_accuracy'] == 1.0
     assert {'attribute_accuracy/shape', 'attribute_accuracy/relation'} <= set(result)
+    # Per-image scores: NaN where the caption does not ask (relation of one object).
+    relation = accuracy.per_image['attribute_accuracy/relation']
+    one_object = [s['attributes']['relation'] is None for s in samples]
+    assert relation.shape == (16, ) and (np.isnan(relation) == one_object).all()
     alignment = METRICS.build(dict(type='AlignmentScore'))
     alignment.process(None, samples[:4])
-    assert list(alignment.evaluate(4)) == ['alignment_lit_minilm_effnet']
+    result = alignment.evaluate(4)
+    assert list(result) == ['alignment_lit_minilm_effnet', 'alignment_lit_minilm_effnet_ci_low',
+                            'alignment_lit_minilm_effnet_ci_high']
+    scores = alignment.per_image['alignment_lit_minilm_effnet']
+    assert result['alignment_lit_minilm_effnet'] == pytest.approx(scores.mean())
+    assert scores.min() <= result['alignment_lit_minilm_effnet_ci_low'] <= scores.mean() \
+        <= result['alignment_lit_minilm_effnet_ci_high'] <= scores.max()
     with pytest.raises(KeyError, match="'attributes'"):
         accuracy.process(None, [dict(image=samples[0]['image'])])
 
@@ -367,3 +382,24 @@ def test_missing_weights_name_the_file_and_the_command(metric, tool, tmp_path):
     path = tmp_path / 'missing.safetensors'
     with pytest.raises(FileNotFoundError, match=f'tools/{tool}.py --out {path}'):
         METRICS.build(dict(type=metric, weights=str(path)))
+
+
+def test_paired_fidelity_matches_direct_computations(val_batch, effnet):
+    images = val_batch['image'][:12]
+    noisy = (images + 0.1 * torch.randn(images.shape, generator=torch.Generator().manual_seed(0))
+             ).clamp(-1, 1)
+    metric = METRICS.build(dict(type='PairedFidelity', reference_key='teacher_image',
+                                name='teacher'))
+    metric.process(None, [dict(image=a, teacher_image=b) for a, b in zip(noisy, images)])
+    result = metric.evaluate(12)
+    a, b = (noisy.double() + 1) / 2, (images.double() + 1) / 2
+    direct_psnr = 10 * torch.log10(1 / (a - b).pow(2).mean((1, 2, 3)))
+    cosine = torch.nn.functional.cosine_similarity(effnet(noisy), effnet(images))
+    per_image = metric.per_image
+    np.testing.assert_allclose(per_image['paired_teacher/psnr'], direct_psnr.numpy(), rtol=1e-9)
+    np.testing.assert_allclose(per_image['paired_teacher/feature_distance'],
+                               (1 - cosine).numpy(), atol=1e-6)
+    assert result['paired_teacher/psnr'] == pytest.approx(direct_psnr.mean().item())
+    assert 0 < result['paired_teacher/ssim'] < 1
+    with pytest.raises(KeyError, match="'teacher_image'"):
+        metric.process(None, [dict(image=images[0])])

@@ -4,8 +4,9 @@
 for Shapes-T2I prompts; ``grid_figure`` draws prompts x methods.
 """
 from pathlib import Path
-from typing import Dict, List, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
+import numpy as np
 import torch
 from mmengine.evaluator import Evaluator
 
@@ -39,17 +40,30 @@ class BenchmarkEvaluator:
         self.evaluator = Evaluator([METRICS.build(dict(m)) for m in metrics])
         self.batch_size = batch_size
 
-    def __call__(self, images: torch.Tensor, samples: Sequence[dict]) -> Dict[str, float]:
+    def __call__(self, images: torch.Tensor, samples: Sequence[dict],
+                 references: Optional[Dict[str, torch.Tensor]] = None) -> Dict[str, float]:
         """Scores of ``images`` (N, 3, H, W) in [-1, 1] generated for ``samples``'
-        captions (Shapes-T2I items with ``caption`` and ``attributes``)."""
-        if len(images) != len(samples):
-            raise ValueError(f'{len(images)} images for {len(samples)} prompts')
+        captions (Shapes-T2I items with ``caption`` and ``attributes``).
+
+        ``references``: data-sample key -> (N, 3, H, W) images the paired metrics
+        (``PairedFidelity``) compare each image with, e.g. the teacher's images.
+        """
+        references = references or {}
+        if any(len(r) != len(images) for r in references.values()) or len(images) != len(samples):
+            raise ValueError(f'{len(images)} images for {len(samples)} prompts and references of '
+                             f'{[len(r) for r in references.values()]}: one of each per prompt')
         for start in range(0, len(images), self.batch_size):
             part = range(start, min(start + self.batch_size, len(images)))
             self.evaluator.process(data_samples=[
                 dict(image=images[i], caption=samples[i]['caption'],
-                     attributes=samples[i]['attributes']) for i in part])
+                     attributes=samples[i]['attributes'],
+                     **{key: ref[i] for key, ref in references.items()}) for i in part])
         return self.evaluator.evaluate(len(images))
+
+    def per_image(self) -> Dict[str, np.ndarray]:
+        """Per-image scores of the last call: name -> (N,) array (NaN: not asked)."""
+        return {name: values for metric in self.evaluator.metrics
+                for name, values in getattr(metric, 'per_image', {}).items()}
 
 
 def grid_figure(reference: torch.Tensor, generated: Dict[str, torch.Tensor],

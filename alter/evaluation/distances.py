@@ -96,26 +96,40 @@ def _psd_sqrt(matrix: np.ndarray) -> np.ndarray:
     return (eigenvectors * np.sqrt(np.clip(eigenvalues, 0, None))) @ eigenvectors.T
 
 
-def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray,
-                     sigma2: np.ndarray) -> float:
-    """Fréchet distance between N(mu1, sigma1) and N(mu2, sigma2); mu (D,), sigma (D, D).
+class FrechetReference:
+    """The Fréchet distance to one fixed Gaussian N(mu, sigma), its matrix square root
+    computed once (bootstrap intervals evaluate many generated sets against it).
 
     ``tr (S1 S2)^(1/2)`` is the sum of square roots of the eigenvalues of
-    ``S1^(1/2) S2 S1^(1/2)``, a symmetric PSD matrix similar to ``S1 S2``: a real
+    ``S2^(1/2) S1 S2^(1/2)``, a symmetric PSD matrix similar to ``S1 S2``: a real
     ``eigh`` replaces scipy's complex ``sqrtm`` of the non-symmetric product, and
     rank-deficient covariances (fewer samples than dimensions) need no ``eps`` offset.
     """
-    mu1, mu2 = np.asarray(mu1, np.float64), np.asarray(mu2, np.float64)
-    sigma1, sigma2 = np.asarray(sigma1, np.float64), np.asarray(sigma2, np.float64)
-    if mu1.shape != mu2.shape or sigma1.shape != sigma2.shape or \
-            sigma1.shape != (mu1.shape[0], mu1.shape[0]):
-        raise ValueError(f'shape mismatch: mu {mu1.shape} / {mu2.shape}, '
-                         f'sigma {sigma1.shape} / {sigma2.shape}')
-    root1 = _psd_sqrt(sigma1)
-    eigenvalues = np.linalg.eigvalsh(root1 @ sigma2 @ root1)
-    trace_sqrt = np.sqrt(np.clip(eigenvalues, 0, None)).sum()
-    diff = mu1 - mu2
-    return float(diff @ diff + np.trace(sigma1) + np.trace(sigma2) - 2 * trace_sqrt)
+
+    def __init__(self, mu: np.ndarray, sigma: np.ndarray) -> None:
+        self.mu, self.sigma = np.asarray(mu, np.float64), np.asarray(sigma, np.float64)
+        if self.sigma.shape != (self.mu.shape[0], self.mu.shape[0]):
+            raise ValueError(f'shape mismatch: mu {self.mu.shape}, sigma {self.sigma.shape}')
+        self.root = _psd_sqrt(self.sigma)
+        self.trace = np.trace(self.sigma)
+
+    def distance(self, mu: np.ndarray, sigma: np.ndarray) -> float:
+        """Fréchet distance of N(mu, sigma), mu (D,), sigma (D, D), to the reference."""
+        mu, sigma = np.asarray(mu, np.float64), np.asarray(sigma, np.float64)
+        if mu.shape != self.mu.shape or sigma.shape != self.sigma.shape:
+            raise ValueError(f'shape mismatch: mu {mu.shape} / {self.mu.shape}, '
+                             f'sigma {sigma.shape} / {self.sigma.shape}')
+        eigenvalues = np.linalg.eigvalsh(self.root @ sigma @ self.root)
+        trace_sqrt = np.sqrt(np.clip(eigenvalues, 0, None)).sum()
+        diff = mu - self.mu
+        return float(diff @ diff + np.trace(sigma) + self.trace - 2 * trace_sqrt)
+
+
+def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray,
+                     sigma2: np.ndarray) -> float:
+    """Fréchet distance between N(mu1, sigma1) and N(mu2, sigma2); mu (D,), sigma (D, D)
+    (see ``FrechetReference``)."""
+    return FrechetReference(mu2, sigma2).distance(mu1, sigma1)
 
 
 def _polynomial_kernel(x: np.ndarray, y: np.ndarray) -> np.ndarray:

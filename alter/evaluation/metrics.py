@@ -13,7 +13,14 @@ so proxy numbers are never mistaken for Inception FID or CLIP score:
 ``AlignmentScore``        ``alignment_lit_minilm_effnet`` (mean 100 * cos)
 ``CLIPScore``             ``clip_score_<model>``, e.g. ``clip_score_ViT-g-14`` (mean 100 * cos)
 ``CMMD``                  ``cmmd_clip_<model>_<tag>``, e.g. ``cmmd_clip_ViT-L-14-336_openai``
+``PairedFidelity``        ``paired_<name>/<psnr|ssim|feature_distance>``: each image against
+                          its reference image (same prompt and noise), e.g. the teacher's
 ========================  =================================================================
+
+Every result comes with a bootstrap 95 % interval over images, ``<result>_ci_low`` and
+``<result>_ci_high`` (``alter.evaluation.intervals``). Metrics that score each image
+keep the scores after ``evaluate`` in ``per_image`` (name -> (N,) array, NaN where a
+score does not apply), so paired differences between methods can be bootstrapped too.
 
 With ``extractor=dict(type='InceptionFeatures', weights_path=...)`` ProxyFID/ProxyKID
 compute FID/KID in pytorch-fid's Inception space (``fid_inception_v3_fid``).
@@ -26,12 +33,14 @@ import torch
 from mmengine.evaluator import BaseMetric
 
 from alter.evaluation.alignment import SentenceEmbedder, load_alignment_scorer
-from alter.evaluation.attributes import load_attribute_classifier, score, summarise
+from alter.evaluation.attributes import ATTRIBUTES, load_attribute_classifier, score
 from alter.evaluation.clip import CLIPImageFeatures, OpenCLIP
-from alter.evaluation.distances import (FeatureStats, cmmd, frechet_distance,
-                                        kernel_inception_distance)
+from alter.evaluation.distances import (FeatureStats, FrechetReference, cmmd,
+                                        kernel_inception_distance, mmd2_unbiased)
 from alter.evaluation.features import (EfficientNetLite0Features, FeatureExtractor, PathLike,
                                        build_extractor, cached_dataset_features, extract_features)
+from alter.evaluation.fidelity import psnr, ssim
+from alter.evaluation.intervals import statistic_interval, summary
 from alter.registry import METRICS
 
 DEFAULT_EXTRACTOR = dict(type='EfficientNetLite0Features')
@@ -66,6 +75,29 @@ class _BenchmarkMetric(BaseMetric):
         self.device = torch.device(device or ('cuda' if torch.cuda.is_available() else 'cpu'))
 
 
+class _PerImageMetric(_BenchmarkMetric):
+    """A metric that scores every image: reports each score's mean with its bootstrap
+    interval and keeps the scores in ``per_image``. Subclasses implement
+    ``per_image_scores(results) -> {name: (N,) array}``."""
+
+    def __init__(self, resamples: int = 1000, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.resamples = resamples
+        self.per_image: Dict[str, np.ndarray] = {}
+
+    def per_image_scores(self, results: list) -> Dict[str, np.ndarray]:
+        raise NotImplementedError
+
+    def compute_metrics(self, results: list) -> Dict[str, float]:
+        self.per_image = self.per_image_scores(results)
+        metrics = {}
+        for name, values in self.per_image.items():
+            stats = summary(values, self.resamples)
+            metrics.update({name: stats['mean'], f'{name}_ci_low': stats['ci_low'],
+                            f'{name}_ci_high': stats['ci_high']})
+        return metrics
+
+
 class _FeatureDistanceMetric(_BenchmarkMetric):
     """Features of generated images vs those of real reference renders (cached).
 
@@ -74,16 +106,21 @@ class _FeatureDistanceMetric(_BenchmarkMetric):
         reference: ``DATASETS`` config of the real images; their features are cached
             under ``cache_dir`` (default ``$ALTER_CACHE/features``).
         batch_size: images per extractor call.
+        resamples: bootstrap draws of the generated images for the 95 % interval
+            (the reference set is held fixed). A set statistic on a draw with repeated
+            images reads as less diverse, so these intervals sit slightly high; the
+            paired per-image metrics are the sharper instrument for comparisons.
     """
 
     def __init__(self, extractor: Union[dict, FeatureExtractor] = DEFAULT_EXTRACTOR,
                  reference: dict = DEFAULT_REFERENCE, cache_dir: Optional[PathLike] = None,
-                 batch_size: int = 50, **kwargs) -> None:
+                 batch_size: int = 50, resamples: int = 100, **kwargs) -> None:
         super().__init__(**kwargs)
         self.extractor = build_extractor(extractor).to(self.device)
         self.reference = dict(reference)
         self.cache_dir = cache_dir
         self.batch_size = batch_size
+        self.resamples = resamples
 
     def process(self, data_batch: Any, data_samples: Sequence[dict]) -> None:
         images = _images(data_samples, self.device)
@@ -93,6 +130,16 @@ class _FeatureDistanceMetric(_BenchmarkMetric):
         """(N, D) features of the reference renders."""
         return cached_dataset_features(self.extractor, self.reference, self.cache_dir,
                                        self.batch_size)
+
+    def with_interval(self, name: str, distance, generated: np.ndarray) -> Dict[str, float]:
+        """``name``: ``distance(generated)`` and its bootstrap interval over the
+        generated features (N, D) (none when ``resamples`` is 0)."""
+        result = {name: distance(generated)}
+        if self.resamples:
+            low, high = statistic_interval(lambda idx: distance(generated[idx]), len(generated),
+                                           self.resamples)
+            result.update({f'{name}_ci_low': low, f'{name}_ci_high': high})
+        return result
 
 
 @METRICS.register_module()
@@ -109,11 +156,15 @@ class ProxyFID(_FeatureDistanceMetric):
         self.reference_stats = reference_stats
 
     def compute_metrics(self, results: list) -> Dict[str, float]:
-        generated = FeatureStats.of(np.stack(results))
         reference = FeatureStats.load(self.reference_stats) if self.reference_stats else \
             FeatureStats.of(self.reference_features())
-        return {f'fid_{self.extractor.name}': frechet_distance(
-            generated.mean, generated.cov, reference.mean, reference.cov)}
+        frechet = FrechetReference(reference.mean, reference.cov)
+
+        def fid(features: np.ndarray) -> float:
+            stats = FeatureStats.of(features)
+            return frechet.distance(stats.mean, stats.cov)
+
+        return self.with_interval(f'fid_{self.extractor.name}', fid, np.stack(results))
 
 
 @METRICS.register_module()
@@ -128,15 +179,23 @@ class ProxyKID(_FeatureDistanceMetric):
         self.subsets, self.subset_size, self.seed = subsets, subset_size, seed
 
     def compute_metrics(self, results: list) -> Dict[str, float]:
-        mean, std = kernel_inception_distance(np.stack(results), self.reference_features(),
-                                              self.subsets, self.subset_size,
-                                              np.random.default_rng(self.seed))
+        generated, reference = np.stack(results), self.reference_features()
+        mean, std = kernel_inception_distance(generated, reference, self.subsets,
+                                              self.subset_size, np.random.default_rng(self.seed))
         name = f'kid_{self.extractor.name}'
-        return {name: mean, f'{name}_std': std}
+        result = {name: mean, f'{name}_std': std}
+        if self.resamples:
+            # One unbiased MMD^2 per draw, against a random reference subset of its size.
+            rng = np.random.default_rng(self.seed)
+            low, high = statistic_interval(lambda idx: mmd2_unbiased(
+                generated[idx], reference[rng.choice(len(reference), len(idx), replace=False)]),
+                len(generated), self.resamples, self.seed)
+            result.update({f'{name}_ci_low': low, f'{name}_ci_high': high})
+        return result
 
 
 @METRICS.register_module()
-class AttributeAccuracy(_BenchmarkMetric):
+class AttributeAccuracy(_PerImageMetric):
     """Fraction of images showing every attribute their caption asks for, and per
     attribute (``alter.evaluation.attributes``). ``weights``: the classifier file
     (default ``checkpoints/attribute_classifier.safetensors``)."""
@@ -149,14 +208,15 @@ class AttributeAccuracy(_BenchmarkMetric):
         predictions = self.classifier.predict(_images(data_samples, self.device))
         self.results.extend(score(predictions, _field(data_samples, 'attributes')))
 
-    def compute_metrics(self, results: list) -> Dict[str, float]:
-        summary = summarise(results)
-        return {'attribute_accuracy' if key == 'all' else f'attribute_accuracy/{key}': value
-                for key, value in summary.items()}
+    def per_image_scores(self, results: list) -> Dict[str, np.ndarray]:
+        """1.0 / 0.0 per image and attribute, NaN where the caption does not ask for it."""
+        return {'attribute_accuracy' if key == 'all' else f'attribute_accuracy/{key}':
+                np.array([np.nan if r[key] is None else float(r[key]) for r in results])
+                for key in ('all', ) + ATTRIBUTES}
 
 
 @METRICS.register_module()
-class AlignmentScore(_BenchmarkMetric):
+class AlignmentScore(_PerImageMetric):
     """Mean LiT-style alignment score ``100 * cos`` of images and their captions
     (``alignment_lit_minilm_effnet``; ``alter.evaluation.alignment``). ``weights``:
     the scorer file (default ``checkpoints/alignment_scorer.safetensors``)."""
@@ -173,12 +233,12 @@ class AlignmentScore(_BenchmarkMetric):
         text_features = self.embedder(_field(data_samples, 'caption'))
         self.results.extend(self.scorer(image_features, text_features).cpu().tolist())
 
-    def compute_metrics(self, results: list) -> Dict[str, float]:
-        return {'alignment_lit_minilm_effnet': float(np.mean(results))}
+    def per_image_scores(self, results: list) -> Dict[str, np.ndarray]:
+        return {'alignment_lit_minilm_effnet': np.array(results, dtype=np.float64)}
 
 
 @METRICS.register_module()
-class CLIPScore(_BenchmarkMetric):
+class CLIPScore(_PerImageMetric):
     """Mean CLIP score ``100 * cos`` of images and their captions, not clamped
     (``clip_score_<model_name>``; ``OpenCLIP.clip_score``). Spec §8: open_clip ViT-g-14
     with the ``laion2b_s12b_b42k`` weights.
@@ -201,8 +261,8 @@ class CLIPScore(_BenchmarkMetric):
                                       _field(data_samples, 'caption'))
         self.results.extend(scores.cpu().tolist())
 
-    def compute_metrics(self, results: list) -> Dict[str, float]:
-        return {f'clip_score_{self.clip.model_name}': float(np.mean(results))}
+    def per_image_scores(self, results: list) -> Dict[str, np.ndarray]:
+        return {f'clip_score_{self.clip.model_name}': np.array(results, dtype=np.float64)}
 
 
 @METRICS.register_module()
@@ -228,5 +288,42 @@ class CMMD(_FeatureDistanceMetric):
         self.sigma, self.scale = sigma, scale
 
     def compute_metrics(self, results: list) -> Dict[str, float]:
-        return {f'cmmd_{self.extractor.name}': cmmd(np.stack(results), self.reference_features(),
-                                                    self.sigma, self.scale)}
+        reference = self.reference_features()
+        return self.with_interval(f'cmmd_{self.extractor.name}',
+                                  lambda x: cmmd(x, reference, self.sigma, self.scale),
+                                  np.stack(results))
+
+
+@METRICS.register_module()
+class PairedFidelity(_PerImageMetric):
+    """Each image against its reference image from the same prompt and initial noise
+    (the dense teacher's, at the same or another step count): per-image PSNR (dB), SSIM
+    (``alter.evaluation.fidelity``) and the cosine distance ``1 - cos`` of their
+    EfficientNet-Lite0 features (``paired_<name>/psnr``, ``/ssim``, ``/feature_distance``).
+
+    Args:
+        reference_key: the data-sample key holding the reference image (3, H, W) in
+            [-1, 1].
+        name: what the reference is, in the result names (e.g. ``teacher``).
+    """
+
+    def __init__(self, reference_key: str = 'reference', name: str = 'reference',
+                 **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.reference_key, self.name = reference_key, name
+        self.extractor = EfficientNetLite0Features().to(self.device)
+
+    @torch.no_grad()
+    def process(self, data_batch: Any, data_samples: Sequence[dict]) -> None:
+        images = _images(data_samples, self.device)
+        references = torch.stack([torch.as_tensor(r) for r in _field(
+            data_samples, self.reference_key)]).to(self.device)
+        cosine = torch.nn.functional.cosine_similarity(self.extractor(images),
+                                                       self.extractor(references), dim=1)
+        self.results.extend(zip(psnr(images, references).tolist(),
+                                ssim(images, references).tolist(), (1 - cosine).tolist()))
+
+    def per_image_scores(self, results: list) -> Dict[str, np.ndarray]:
+        values = np.array(results, dtype=np.float64).reshape(-1, 3)
+        return {f'paired_{self.name}/{key}': values[:, i]
+                for i, key in enumerate(('psnr', 'ssim', 'feature_distance'))}
