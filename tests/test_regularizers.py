@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 
 import alter.models.regularizers  # noqa: F401  (registers the regularisers)
-from alter.models.regularizers import balance_loss
+from alter.models.regularizers import balance_loss, routing_smoothness
 from alter.registry import REGULARIZERS
 
 
@@ -93,3 +93,18 @@ def test_balance_loss_gradient_flows_through_the_probabilities_only():
 def test_balance_loss_rejects_mismatched_shapes():
     with pytest.raises(ValueError, match=r'\(T, N_E\).*\(4, 2\) and \(4, 3\)'):
         balance_loss(torch.zeros(4, 2), torch.zeros(4, 3))
+
+
+def test_routing_smoothness_counts_expert_changes():
+    T, num_experts = 1000, 4
+    intervals = F.one_hot(torch.arange(T) * num_experts // T, num_experts).float()
+    assert routing_smoothness(intervals).item() == pytest.approx((num_experts - 1) / (T - 1))
+    alternating = F.one_hot(torch.arange(T) % 2, num_experts).float()
+    assert routing_smoothness(alternating).item() == pytest.approx(1.0)
+    uniform = torch.full((T, num_experts), 1 / num_experts)
+    assert routing_smoothness(uniform).item() == 0
+    logits = torch.randn(T, num_experts, requires_grad=True)
+    routing_smoothness(logits.softmax(-1)).backward()
+    assert logits.grad.abs().sum() > 0
+    with pytest.raises(ValueError, match='T >= 2'):
+        routing_smoothness(torch.ones(1, num_experts))

@@ -1,4 +1,5 @@
 """Routers: the shared contract every registered router runs, and each router's own rule."""
+import math
 from fractions import Fraction
 
 import pytest
@@ -7,6 +8,7 @@ import torch.nn.functional as F
 from diffusers.models.embeddings import Timesteps
 
 import alter.models.routers  # noqa: F401  (registers the routers)
+from alter.models.routers import feature_periods
 from alter.models.gumbel import gumbel_softmax
 from alter.registry import ROUTERS
 
@@ -131,3 +133,31 @@ def test_routers_reject_bad_arguments(name, features):
         router(torch.tensor([0, 1000]))
     with pytest.raises(ValueError, match='1-D integer tensor'):
         router(torch.tensor([0.5]))
+
+
+def test_feature_periods_of_sinusoids(features):
+    periods = feature_periods(features)
+    # time_proj column i (and i + 160) oscillates with angular frequency 10000^(-i/160).
+    true = 2 * math.pi * 10000 ** (torch.arange(160) / 160)
+    short = true < T / 10  # many periods fit in T: one crossing more or less is < 5 %
+    torch.testing.assert_close(periods[:160][short], true[short], rtol=0.05, atol=0)
+    assert (periods[:160][true > 2 * T] >= T).all()  # slower than T: read as very long
+    assert feature_periods(torch.arange(T, dtype=torch.float32)[:, None]) == 2 * T  # monotone
+
+
+def test_slow_router_input_gives_contiguous_routes(features):
+    segments = {}
+    for min_period in (None, 100):
+        torch.manual_seed(0)
+        router = ROUTERS.build(dict(type='HyperNetRouter', num_experts=4,
+                                    timestep_features=features, min_period=min_period))
+        route = router(torch.arange(T)).argmax(-1)
+        segments[min_period] = 1 + int((route[1:] != route[:-1]).sum())
+    kept = ROUTERS.build(dict(type='HyperNetRouter', num_experts=4, timestep_features=features,
+                              min_period=100)).timestep_features.shape[1]
+    assert kept < features.shape[1] and kept == int((feature_periods(features) >= 100).sum())
+    # The paper's input splits the timesteps into many segments at initialisation.
+    assert segments[None] > 50 and segments[100] < 25
+    with pytest.raises(ValueError, match='min_period=5000 drops every'):
+        ROUTERS.build(dict(type='HyperNetRouter', num_experts=4, timestep_features=features,
+                           min_period=5000))

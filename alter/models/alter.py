@@ -33,6 +33,12 @@ from alter.units.macs import CONVENTIONS, MacTable, architecture_key, mac_table
 DEFAULT_LOSS_WEIGHTS = dict(denoise=1e-4, out_kd=1.0, feat_kd=1.0, ratio=5.0, balance=1.0)
 
 
+def routing_segments(route: torch.Tensor) -> int:
+    """Number of contiguous runs of one expert in a routing table (T,): 1 when a
+    single expert serves every timestep, N_E when each owns one interval."""
+    return 1 + int((route[1:] != route[:-1]).sum())
+
+
 def bare(module: nn.Module) -> nn.Module:
     """The module inside a DDP-style wrapper (mmengine wraps children under DDP)."""
     return getattr(module, 'module', module)
@@ -184,6 +190,7 @@ class ALTER(LatentDiffusion):
         log.update({f'keep_ratio_{c}': torch.tensor(v) for c, v in self.keep_ratios().items()})
         usage = torch.bincount(self.routing_table, minlength=len(self.expert_masks)).float()
         log.update({f'usage_expert{i}': u / len(self.routing_table) for i, u in enumerate(usage)})
+        log['routing_segments'] = torch.tensor(float(routing_segments(self.routing_table)))
         all_reduce_dict(log, 'mean')  # in place: log the global batch's values
         return log
 

@@ -74,3 +74,22 @@ def balance_loss(routing: torch.Tensor, probs: torch.Tensor) -> torch.Tensor:
                          f'{tuple(routing.shape)} and {tuple(probs.shape)}')
     fraction = routing.detach().mean(0)
     return routing.shape[1] * (fraction * probs.mean(0)).sum()
+
+
+def routing_smoothness(probs: torch.Tensor) -> torch.Tensor:
+    """Total variation of the routing over neighbouring timesteps,
+    ``mean_t 0.5 * ||P_{t+1} - P_t||_1`` in [0, 1].
+
+    0 when neighbouring timesteps have the same route probabilities; with
+    one-hot routes it is the fraction of timestep boundaries where the expert
+    changes (N_E intervals over T timesteps give (N_E - 1) / (T - 1)).
+
+    Args:
+        probs: (T, N_E) router probabilities, row t = timestep t.
+    Returns:
+        scalar loss.
+    """
+    if probs.dim() != 2 or probs.shape[0] < 2:
+        raise ValueError('probs must be (T, N_E) with T >= 2 timesteps, got shape '
+                         f'{tuple(probs.shape)}')
+    return 0.5 * (probs[1:] - probs[:-1]).abs().sum(-1).mean()

@@ -81,20 +81,48 @@ def _fixed_logits(experts: torch.Tensor, num_experts: int) -> torch.Tensor:
     return logits.scatter_(1, experts[:, None], 0.0)
 
 
+def feature_periods(features: torch.Tensor) -> torch.Tensor:
+    """(D,) period in timesteps of each column of (T, D) features, estimated from its
+    sign changes about its mean: ``2 T / crossings`` (exact for a sinusoid up to one
+    crossing; a monotone column gets 2 T, a constant one ``inf``)."""
+    centred = features - features.mean(0)
+    crossings = (centred[1:] * centred[:-1] < 0).sum(0).float()
+    return 2 * features.shape[0] / crossings  # x / 0 = inf
+
+
 @ROUTERS.register_module()
 class HyperNetRouter(Router):
     """The paper's router: an MLP on the sinusoidal timestep features.
 
     ``Linear(D -> hidden_dim) -> LayerNorm -> ReLU -> Linear(hidden_dim -> N_E,
     no bias)``; the features (T, D) are kept as a buffer.
+
+    Args:
+        hidden_dim: width of the MLP (64 in the paper).
+        min_period: None (the paper) feeds every feature column. A number keeps only
+            the columns that oscillate no faster than once per ``min_period``
+            timesteps (``feature_periods``). The backbone's projection holds
+            frequencies up to 1 rad per timestep, so neighbouring timesteps differ
+            in many features and a freshly initialised MLP routes them to unrelated
+            experts (~100-200 routing segments over 1000 timesteps); e.g. 100 keeps
+            the slow components (an option beyond the paper, off by default).
     """
 
     def __init__(self, num_experts: int, timestep_features: torch.Tensor,
-                 hidden_dim: int = 64) -> None:
+                 hidden_dim: int = 64, min_period: Optional[float] = None) -> None:
         super().__init__(num_experts, timestep_features)
-        self.register_buffer('timestep_features', timestep_features.detach().float().clone())
+        features = timestep_features.detach().float()
+        if min_period is not None:
+            keep = feature_periods(features) >= min_period
+            if not keep.any():
+                raise ValueError(f'min_period={min_period} drops every timestep feature (their '
+                                 f'longest period is {feature_periods(features).max():.1f} '
+                                 'timesteps); lower it')
+            features = features[:, keep]
+        self.register_buffer('timestep_features', features.clone())
+        self.min_period = min_period
         self.mlp = nn.Sequential(
-            nn.Linear(timestep_features.shape[1], hidden_dim), nn.LayerNorm(hidden_dim), nn.ReLU(),
+            nn.Linear(features.shape[1], hidden_dim), nn.LayerNorm(hidden_dim), nn.ReLU(),
             nn.Linear(hidden_dim, num_experts, bias=False))
 
     def route_logits(self, timesteps: torch.Tensor) -> torch.Tensor:
