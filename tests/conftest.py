@@ -18,10 +18,13 @@ TINY_UNET_CONFIG = os.path.join(ROOT, 'configs', '_base_', 'models', 'tiny_unet.
 SD21_UNET_CONFIG = os.path.join(ROOT, 'configs', '_base_', 'models', 'sd21_unet.py')
 
 
-def build_tiny_unet(seed: int = 0):
-    """The tiny SD2.1-topology UNet of configs/_base_/models/tiny_unet.py, random weights."""
+def build_tiny_unet(seed: int = 0, **arch):
+    """The tiny SD2.1-topology UNet of configs/_base_/models/tiny_unet.py, random weights;
+    ``arch`` overrides its diffusers config (e.g. ``in_channels=9`` for inpainting)."""
     torch.manual_seed(seed)
-    return MODELS.build(Config.fromfile(TINY_UNET_CONFIG).model.unet).eval()
+    cfg = Config.fromfile(TINY_UNET_CONFIG).model.unet
+    cfg.arch.update(arch)
+    return MODELS.build(cfg).eval()
 
 
 @pytest.fixture

@@ -254,6 +254,19 @@ def test_generator_makes_train_draws_reproducible(features):
     assert not torch.equal(a.routing, c.routing)
 
 
+@pytest.mark.parametrize('estimator', ['straight_through', 'soft'])
+def test_sampling_is_float32_under_bfloat16_autocast(estimator, features):
+    """AMP must not move the Gumbel draws or the masks to half precision: under
+    autocast the draw is the float32 draw, bit for bit."""
+    hypernet = build(features, estimator=estimator).train()
+    reference = hypernet(torch.Generator().manual_seed(5))
+    with torch.autocast('cpu', dtype=torch.bfloat16):
+        amp = hypernet(torch.Generator().manual_seed(5))
+    for name in ('expert_masks', 'routing', 'route_probs', 'timestep_masks'):
+        assert getattr(amp, name).dtype == torch.float32, name
+        assert torch.equal(getattr(amp, name), getattr(reference, name)), name
+
+
 def test_soft_estimator_gives_values_strictly_inside_0_1(features):
     # Offset 0 and tau 1 keep float32 sigmoids away from saturating at exactly 1.
     hypernet = build(features, estimator='soft', gate_offset=0.0, gate_tau=1.0,

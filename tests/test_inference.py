@@ -6,7 +6,8 @@ import pytest
 import torch
 from diffusers import DDPMScheduler
 
-from alter.inference.experts import ExpertSet, load_experts, load_unet, save_checkpoint
+from alter.inference.experts import (ExpertSet, load_experts, load_unet, save_checkpoint,
+                                     weights_fingerprint)
 from alter.inference.routing import ExpertRouter
 from alter.inference.sampler import SCHEDULERS, build_sampling_scheduler, initial_noise, sample
 from alter.registry import PRUNING_SPACES
@@ -25,7 +26,8 @@ def random_experts(unet, num_experts=3, seed=0, space='paper') -> ExpertSet:
     route = (torch.arange(1000) * num_experts // 1000).tolist()  # equal intervals
     return ExpertSet.from_dict(dict(
         unit_names=names, expert_masks=masks, routing_table=route, space=space,
-        architecture=dict(key=architecture_key(unet)), keep_ratio={}))
+        architecture=dict(key=architecture_key(unet)), keep_ratio={},
+        weights_fingerprint=weights_fingerprint(unet)))
 
 
 class SoftRouted(torch.nn.Module):
@@ -68,13 +70,16 @@ def test_routed_sampling_equals_gated_blend(scheduler):
     assert router.current is None  # back to dense after sampling
 
 
-def test_non_integer_timesteps_are_rounded():
+def test_non_integer_timesteps_are_rounded_and_off_grid_ones_refused():
     unet = build_tiny_unet()
     experts = random_experts(unet, num_experts=4)
     assert experts.expert_at(249.4) == experts.route[249]
     assert experts.expert_at(249.6) == experts.route[250]
-    assert experts.expert_at(-3.0) == experts.route[0]
-    assert experts.expert_at(1200) == experts.route[999]
+    assert experts.expert_at(-0.4) == experts.route[0]
+    assert experts.expert_at(999.4) == experts.route[999]
+    for value in (-3.0, 999.5, 1000, 1200, float('nan'), float('inf')):
+        with pytest.raises(ValueError, match='off the training grid 0..999'):
+            experts.expert_at(value)
 
 
 def test_checkpoint_round_trip_and_remove(tmp_path, tiny_inputs):

@@ -41,8 +41,13 @@ def test_random_components_encode_with_sd21_shapes():
     vae = SDAutoencoder(load_weights=False, arch=TINY_VAE)
     assert (vae.scale_factor, vae.latent_channels, vae.scaling) == (8, 4, 0.18215)
     images = torch.rand(2, 3, 16, 16) * 2 - 1
-    latents = vae.encode(images, torch.Generator().manual_seed(0))
+    noise = torch.randn(2, 4, 2, 2, generator=torch.Generator().manual_seed(0))
+    latents = vae.encode(images, noise)
     assert latents.shape == (2, 4, 2, 2)
+    posterior = vae.vae.encode(images).latent_dist  # the sample is mean + std * noise, scaled
+    torch.testing.assert_close(latents, (posterior.mean + posterior.std * noise) * vae.scaling)
+    torch.testing.assert_close(vae.encode(images, torch.zeros_like(noise)),
+                               posterior.mean * vae.scaling)
     assert vae.decode(latents).shape == images.shape
     text = CLIPTextEncoder(load_weights=False, arch=TINY_TEXT)
     assert (text.context_length, text.dim) == (77, 32)

@@ -4,9 +4,12 @@
     python tools/benchmark_speed.py CONFIG --checkpoint DIR      # a trained ALTER checkpoint
 
 Times, interleaved and as medians over repeats: one UNet call of the dense
-model and of an expert (per-step speedup), the host-side routing lookup, and
-whole sampling loops of dense N1 steps against ALTER N2 steps (end-to-end
-speedup). Without ``--checkpoint`` the UNet has random weights and one
+model and of an expert (per-step speedup), the host-side routing lookup, the
+cost of routing by the timestep each UNet call receives (``apply_experts``:
+one host read, i.e. one device sync, per call; measured on N2 calls fed the
+schedule's device timesteps, against the same calls routed from a host copy
+of the schedule), and whole sampling loops of dense N1 steps against ALTER N2
+steps (end-to-end speedup). Without ``--checkpoint`` the UNet has random weights and one
 synthetic expert skips the costliest units until ``--sparsity`` of the whole
 UNet's MACs is removed. Classifier-free guidance doubles the batch, as in
 sampling. On CUDA it runs in float16.
@@ -17,8 +20,8 @@ import time
 import torch
 from mmengine.config import Config
 
-from alter.inference.experts import ExpertSet, load_experts, load_unet
-from alter.inference.routing import ExpertRouter
+from alter.inference.experts import ExpertSet, load_experts, load_unet, weights_fingerprint
+from alter.inference.routing import ExpertRouter, TimestepRouting, call_timestep
 from alter.inference.sampler import build_sampling_scheduler, sample
 from alter.registry import MODELS, PRUNING_SPACES
 from alter.units.macs import architecture_key, mac_table
@@ -55,7 +58,42 @@ def synthetic_expert(unet, space: str, costs, sparsity: float) -> ExpertSet:
         keep[i] = False
         removed += costs.unit_macs[i]
     return ExpertSet(tuple(u.name for u in units), (tuple(keep), ), (0, ) * 1000, space,
-                     dict(key=architecture_key(unet)), {})
+                     dict(key=architecture_key(unet)), {}, weights_fingerprint(unet))
+
+
+def timestep_read(unet, router: ExpertRouter, x, t, context, args, noise_config: dict,
+                  sync) -> dict:
+    """Seconds per UNet call that routing by the received timestep adds.
+
+    Both loops make the same N2 UNet calls on the schedule's device timesteps, as
+    pipelines pass them; one routes from a host copy of the schedule, the other
+    (``TimestepRouting``) reads each received timestep, syncing the device. Also
+    the read alone, on a device that has finished its work.
+    """
+    scheduler = build_sampling_scheduler(args.scheduler, noise_config)
+    scheduler.set_timesteps(args.steps[1], device=x.device)
+    timesteps, host = scheduler.timesteps, scheduler.timesteps.tolist()
+
+    def from_host():
+        for i, step in enumerate(timesteps):
+            router.select(host[i])
+            unet(x, step, context)
+
+    def from_read():
+        routing = TimestepRouting(router)
+        for step in timesteps:
+            unet(x, step, context)
+        routing.remove()
+
+    loops = interleaved({'host': from_host, 'read': from_read}, args.repeats, sync)
+    router.dense()
+    sync()
+    reads = 10_000
+    start = time.perf_counter()
+    for _ in range(reads):
+        call_timestep(t)
+    return dict(per_call=(loops['read'] - loops['host']) / len(host), loops=loops,
+                isolated=(time.perf_counter() - start) / reads)
 
 
 def main() -> None:
@@ -105,11 +143,13 @@ def main() -> None:
     lookup = (time.perf_counter() - start) / lookups
     router.dense()
 
+    noise_config = dict(model_cfg.noise_scheduler)
+    dense_steps, alter_steps = args.steps
+    read = timestep_read(unet, router, x, t, context, args, noise_config, sync)
+
     noise = torch.randn(args.batch, unet.config.in_channels, latent, latent, device=device,
                         dtype=dtype)
     cond, uncond = context[:args.batch], context[args.batch:]
-    noise_config = dict(model_cfg.noise_scheduler)
-    dense_steps, alter_steps = args.steps
 
     def loop(steps, routed):
         return lambda: sample(unet, build_sampling_scheduler(args.scheduler, noise_config), noise,
@@ -131,6 +171,9 @@ def main() -> None:
         gmacs_per_call=costs.total_macs * batch / 1e9, expert_keep_ratio=keep,
         step_seconds=step, step_speedup=step['dense'] / step['expert'], step_mac_ratio=1 / keep,
         lookup_seconds=lookup, lookup_fraction_of_step=lookup / step['expert'],
+        timestep_read_seconds=read['per_call'], timestep_read_isolated_seconds=read['isolated'],
+        timestep_read_fraction_of_step=read['per_call'] / step['expert'],
+        timestep_read_loops=read['loops'],
         loop_seconds=loops,
         end_to_end_speedup=loops[f'dense-{dense_steps}'] / loops[f'ALTER-{alter_steps}'],
         end_to_end_mac_ratio=dense_macs / alter_macs)
@@ -143,6 +186,10 @@ def main() -> None:
           '% of ideal)')
     print(f'routing lookup {lookup * 1e6:.2f} us = {100 * report["lookup_fraction_of_step"]:.4f} % '
           'of an expert step')
+    print(f"timestep read (routing by the received timestep) {read['per_call'] * 1e6:.1f} us "
+          f"per UNet call = {100 * report['timestep_read_fraction_of_step']:.3f} % of an expert "
+          f"step (loops of {alter_steps} calls: host {read['loops']['host'] * 1e3:.1f} ms, read "
+          f"{read['loops']['read'] * 1e3:.1f} ms; the read alone {read['isolated'] * 1e6:.1f} us)")
     print(f"end to end dense-{dense_steps} {loops[f'dense-{dense_steps}']:.2f} s   "
           f"ALTER-{alter_steps} {loops[f'ALTER-{alter_steps}']:.2f} s   speedup "
           f"{report['end_to_end_speedup']:.2f}x   MAC ratio {report['end_to_end_mac_ratio']:.2f}x")

@@ -3,7 +3,8 @@
     python tools/export.py work_dirs/shapes_e4_s35/iter_600.pth --out checkpoints/my_alter
 
 Writes ``unet/`` (diffusers layout, safetensors) and, for ALTER models,
-``experts.json`` (masks, routing table, keep ratios). The model is rebuilt
+``experts.json`` (masks, routing table, keep ratios and the fingerprint of the
+weights written, which ``apply_experts`` checks the UNet against). The model is rebuilt
 from the config stored in the checkpoint (or ``--config``). Runs with
 mmengine's ``EMAHook`` (dense teachers) store EMA weights as the checkpoint's
 weights already; ALTER runs with ``UNetEMAHook`` export theirs with ``--ema``.

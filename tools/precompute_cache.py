@@ -65,7 +65,7 @@ def conditioning_model(cfg: Config) -> LatentDiffusion:
 def encode_shard(model: LatentDiffusion, dataset: Dataset, indices: range, args,
                  progress: tqdm) -> Tuple[torch.Tensor, torch.Tensor, List[str]]:
     """Latents (n, C, h, w), context (n, L, D) and ids of ``dataset[indices]``."""
-    torch.manual_seed(indices.start)  # the shard's own seed: see the module docstring
+    model.rng.manual_seed(indices.start)  # the shard's own seed: see the module docstring
     loader = DataLoader(Subset(dataset, indices), batch_size=args.batch_size,
                         num_workers=args.num_workers, collate_fn=list)
     dtype = getattr(torch, args.dtype)

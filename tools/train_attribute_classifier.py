@@ -21,6 +21,7 @@ from alter.datasets.shapes import ShapesT2I, collate
 from alter.evaluation.attributes import (AttributeClassifier, load_attribute_classifier, score,
                                          summarise)
 from alter.evaluation.weights import save_weights
+from alter.utils.render_training import train_on_renders
 
 
 def parse_args() -> argparse.Namespace:
@@ -83,26 +84,15 @@ def main() -> None:
     torch.manual_seed(args.seed)
     generator = torch.Generator().manual_seed(args.seed)
     model = AttributeClassifier()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=1e-4)
-    scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, args.lr, total_steps=args.steps,
-                                                    pct_start=0.1)
-    train = ShapesT2I('train', args.steps * args.batch_size, seed=args.seed)
     start = time.time()
-    for step in range(args.steps):
-        first = step * args.batch_size
-        batch = collate([train[i] for i in range(first, first + args.batch_size)])
-        images = augment(batch['image'], args.jitter, args.blur, generator)
-        losses = model.loss(images, batch['attributes'])
-        loss = sum(losses.values())
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        scheduler.step()
-        if step % 250 == 0 or step == args.steps - 1:
-            parts = ' '.join(f'{k}={v.item():.4f}' for k, v in losses.items())
-            print(f'step {step:5d}  {time.time() - start:6.1f} s  loss={loss.item():.4f}  {parts}',
-                  flush=True)
-    train_seconds = time.time() - start
+
+    def step_loss(batch: dict):
+        losses = model.loss(augment(batch['image'], args.jitter, args.blur, generator),
+                            batch['attributes'])
+        return sum(losses.values()), losses
+
+    train_seconds = train_on_renders(model, step_loss, args.steps, args.batch_size, args.lr,
+                                     args.seed, pct_start=0.1)
 
     metadata = dict(config=model.config,
                     command=' '.join(shlex.quote(a) for a in ['python'] + sys.argv),

@@ -34,10 +34,11 @@ class ExpertExportHook(Hook):
         self.export(runner)
 
     def export(self, runner) -> Optional[Path]:
+        # Every rank exports: the weights fingerprint gathers FSDP-sharded weights.
+        experts = bare(runner.model).export_experts()
         if not is_main_process():
             return None
-        return atomic_write_json(Path(runner.work_dir) / self.filename,
-                                 bare(runner.model).export_experts())
+        return atomic_write_json(Path(runner.work_dir) / self.filename, experts)
 
 
 @HOOKS.register_module()

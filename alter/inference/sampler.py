@@ -3,12 +3,19 @@
 Classifier-free guidance runs both halves in one batch; with an
 ``ExpertRouter`` the whole batch (both halves) uses the expert of the step's
 timestep, looked up on the host.
+
+Schedulers sample as Stable Diffusion pipelines do (``build_sampling_scheduler``):
+SD2.1's ``scheduler_config.json`` sets the protocol (PNDM without PRK warm-up
+steps, ``set_alpha_to_one=False``, ``steps_offset=1``) and the model keeps its
+own training noise schedule.
 """
 from typing import Callable, Dict, Optional, Sequence, Type
 
+import diffusers
 import torch
 from diffusers import (DDIMScheduler, DPMSolverMultistepScheduler, EulerDiscreteScheduler,
-                       PNDMScheduler, UniPCMultistepScheduler, UNet2DConditionModel)
+                       PNDMScheduler, StableDiffusionPipeline, UniPCMultistepScheduler,
+                       UNet2DConditionModel)
 from tqdm import tqdm
 
 from alter.inference.routing import ExpertRouter
@@ -21,12 +28,53 @@ SCHEDULERS: Dict[str, Type] = {
     'unipc': UniPCMultistepScheduler,
 }
 
+# The content of stabilityai/stable-diffusion-2-1's scheduler/scheduler_config.json, an
+# older-style file: diffusers fills in the fields it lacks (timestep_spacing) on load.
+SD21_SCHEDULER_CONFIG = {
+    '_class_name': 'PNDMScheduler',
+    '_diffusers_version': '0.10.0.dev0',
+    'beta_end': 0.012,
+    'beta_schedule': 'scaled_linear',
+    'beta_start': 0.00085,
+    'clip_sample': False,
+    'num_train_timesteps': 1000,
+    'prediction_type': 'v_prediction',
+    'set_alpha_to_one': False,
+    'skip_prk_steps': True,
+    'steps_offset': 1,
+    'trained_betas': None,
+}
 
-def build_sampling_scheduler(name: str, training_config: dict):
-    """A sampling scheduler of the family ``name`` on the training noise schedule."""
+# The fields of a training noise scheduler's config that define the model's
+# noise schedule and target; everything else is sampling protocol.
+NOISE_SCHEDULE_KEYS = ('num_train_timesteps', 'beta_start', 'beta_end', 'beta_schedule',
+                       'trained_betas', 'prediction_type', 'rescale_betas_zero_snr')
+
+
+def build_sampling_scheduler(name: str, training_config: dict,
+                             scheduler_config: dict = SD21_SCHEDULER_CONFIG):
+    """The scheduler ``name`` exactly as a ``StableDiffusionPipeline`` runs it.
+
+    ``scheduler_config`` is a pipeline's ``scheduler_config.json`` (default SD2.1's),
+    with the model's noise schedule (``NOISE_SCHEDULE_KEYS`` of ``training_config``,
+    the training scheduler's config) in place of its own. As in diffusers, it is
+    loaded as its ``_class_name`` (missing fields take that class's defaults), the
+    pipeline rewrites outdated fields (``steps_offset`` to 1, ``clip_sample`` to
+    False), and ``name``'s class is made with ``from_config`` of the result --
+    the documented way to swap a pipeline's scheduler (fields the file left at
+    their defaults take the new class's defaults).
+    """
     if name not in SCHEDULERS:
         raise ValueError(f'unknown scheduler {name!r}; choose one of {sorted(SCHEDULERS)}')
-    return SCHEDULERS[name].from_config(training_config)
+    schedule = {k: v for k, v in training_config.items() if k in NOISE_SCHEDULE_KEYS}
+    config = dict(scheduler_config, **schedule)
+    loaded = getattr(diffusers, config['_class_name']).from_config(config)
+    # The pipeline applies its rewrites of outdated scheduler configs on construction.
+    loaded = StableDiffusionPipeline(vae=None, text_encoder=None, tokenizer=None, unet=None,
+                                     scheduler=loaded, safety_checker=None,
+                                     feature_extractor=None,
+                                     requires_safety_checker=False).scheduler
+    return SCHEDULERS[name].from_config(loaded.config)
 
 
 def initial_noise(seeds: Sequence[int], shape: Sequence[int], device=None) -> torch.Tensor:

@@ -1,69 +1,119 @@
-"""One line to run a diffusers text-to-image pipeline with ALTER's routed experts.
+"""One line to run a diffusers UNet pipeline with ALTER's routed experts.
 
     routed = apply_experts(pipe, 'checkpoints/my_alter')   # StableDiffusionPipeline & co.
     image = pipe(prompt, num_inference_steps=20).images[0]
     routed.remove()                                         # the dense pipeline again
 
-Works with any scheduler and step count: the expert of each UNet call is
-looked up from the timestep on the host. Pipelines pass the step's timestep
-as a device tensor; reading it would sync the device every step, so the
-schedule is copied to the host once per generation (when the scheduler's
-``timesteps`` tensor changes) and the n-th UNet call of a generation uses
-its n-th entry. Classifier-free guidance halves share the call, hence the
-expert.
+Every UNet call runs the expert of the timestep value it receives
+(``TimestepRouting``), so text-to-image, img2img and inpainting at any
+strength, ControlNet, SDXL base/refiner splits, callbacks, pipelines sharing
+one UNet and deep copies of a routed UNet all get the right expert. Reading
+the received timestep costs one host sync per UNet call.
+
+Once per generation (when the pipeline opens its progress bar, before its
+first UNet call) the pipeline is checked: ``pipe.unet`` must still be routed
+by these experts and ``pipe.scheduler`` must hand the UNet training
+timesteps.
 """
 from pathlib import Path
-from typing import List, Optional, Union
-
-import torch
+from typing import Union
 
 from alter.inference.experts import ExpertSet, load_experts
-from alter.inference.routing import ExpertRouter
+from alter.inference.routing import (ExpertRouter, TimestepRouting, check_weights,
+                                     timestep_routing, uncompiled)
+
+
+def check_scheduler(scheduler, experts: ExpertSet) -> None:
+    """Raise unless ``scheduler`` gives the UNet timesteps of the experts' training grid.
+
+    The routing table is indexed by the discrete training timesteps 0..T-1 of a
+    DDPM noise schedule. Schedulers that hand the UNet something else are
+    refused: EDM-style ones (``EDMEulerScheduler``, ``EDMDPMSolverMultistepScheduler``,
+    ``timestep_type='continuous'``) pass ``log(sigma) / 4``, flow-matching ones
+    (``FlowMatch*``, ``use_flow_sigmas=True``) pass ``sigma * T``: neither is a
+    training timestep of these experts (nor of the UNet they were trained on).
+    """
+    config = scheduler.config
+    name = type(scheduler).__name__
+    if not hasattr(scheduler, 'alphas_cumprod'):
+        raise ValueError(f'{name} defines no discrete noise schedule (alphas_cumprod over '
+                         'training timesteps): its UNet timesteps are continuous noise levels, '
+                         'not the training timesteps the experts are routed by. Use a '
+                         'discrete-time scheduler such as DDIM, PNDM, DPM-Solver++, Euler or UniPC')
+    if config.get('timestep_type') == 'continuous':
+        raise ValueError(f"{name} with timestep_type='continuous' passes the UNet log(sigma)/4 "
+                         "(EDM), not a training timestep; use timestep_type='discrete'")
+    if config.get('use_flow_sigmas') or config.get('prediction_type') == 'flow_prediction':
+        raise ValueError(f'{name} with flow-matching sigmas passes the UNet sigma * T, not a '
+                         'training timestep of the DDPM schedule the experts were trained on; '
+                         'use use_flow_sigmas=False')
+    if config.get('num_train_timesteps') != len(experts.route):
+        raise ValueError(f'{name} has {config.get("num_train_timesteps")} training timesteps, '
+                         f'the routing table {len(experts.route)}; use the training schedule\'s')
 
 
 class RoutedPipeline:
-    """Routing installed on ``pipe.unet``; ``remove()`` takes it off again."""
+    """Routing installed on ``pipe.unet``; ``remove()`` takes it off again.
 
-    def __init__(self, pipe, experts: ExpertSet) -> None:
+    ``pipe.unet`` may be a ``torch.compile`` wrapper: the UNet inside it is routed.
+    """
+
+    def __init__(self, pipe, experts: ExpertSet, allow_other_weights: bool = False) -> None:
         if not hasattr(pipe, 'unet') or not hasattr(pipe, 'scheduler'):
             raise TypeError(f'{type(pipe).__name__} has no unet/scheduler; apply_experts needs a '
                             'diffusers UNet pipeline such as StableDiffusionPipeline')
-        self.pipe = pipe
-        self.router = ExpertRouter(pipe.unet, experts)
-        self._schedule: Optional[torch.Tensor] = None
-        self._host: List[float] = []
-        self._calls = 0
-        self._hook = pipe.unet.register_forward_pre_hook(self._route, with_kwargs=True)
+        check_scheduler(pipe.scheduler, experts)
+        self.pipe, self.experts = pipe, experts
+        self.unet = uncompiled(pipe.unet)
+        routing = timestep_routing(self.unet)
+        if routing is None:
+            routing = TimestepRouting(ExpertRouter(self.unet, experts, allow_other_weights))
+        elif routing.experts != experts:
+            raise RuntimeError('pipe.unet is already routed by other experts; remove() that '
+                               'routing first')
+        elif not allow_other_weights:  # shared with another routed pipeline
+            check_weights(self.unet, experts)
+        self._saved_progress_bar = pipe.__dict__.get('progress_bar')
+        self._progress_bar = pipe.progress_bar
+        pipe.progress_bar = self._check_then_progress_bar
 
-    def _timestep(self, timestep) -> float:
-        if isinstance(timestep, (int, float)):
-            return float(timestep)
-        # Device tensors (CPU ones too, so one path serves and is tested everywhere).
-        schedule = self.pipe.scheduler.timesteps
-        if schedule is not self._schedule:  # a new generation: one host copy
-            self._schedule, self._host, self._calls = schedule, schedule.tolist(), 0
-        if self._calls >= len(self._host):
-            raise RuntimeError(f'UNet call {self._calls + 1} of a {len(self._host)}-step schedule: '
-                               'the pipeline calls the UNet more often than its scheduler has '
-                               'timesteps, so the routed expert cannot be looked up on the host')
-        return self._host[self._calls]
+    def _check_then_progress_bar(self, *args, **kwargs):
+        # Pipelines open their progress bar once per generation, before the first UNet call.
+        self.check()
+        return self._progress_bar(*args, **kwargs)
 
-    def _route(self, module, args, kwargs) -> None:
-        timestep = args[1] if len(args) > 1 else kwargs['timestep']
-        self.router.select(self._timestep(timestep))
-        self._calls += 1
+    def check(self) -> None:
+        """Raise if ``pipe.unet`` is no longer routed by these experts (replaced or removed)
+        or ``pipe.scheduler`` does not give training timesteps."""
+        routing = timestep_routing(self.pipe.unet)
+        if routing is None or routing.experts != self.experts:
+            raise RuntimeError(
+                'pipe.unet was replaced after apply_experts (or its routing removed), so this '
+                'generation would not run the experts. Route the new UNet: routed.remove(), then '
+                'apply_experts(pipe, CHECKPOINT)')
+        check_scheduler(self.pipe.scheduler, self.experts)
 
     def remove(self) -> None:
-        """Remove the routing: the pipeline's UNet is dense again."""
-        self._hook.remove()
-        self.router.remove()
+        """Remove the routing from ``pipe.unet`` (and from the UNet it was applied to, if
+        ``pipe.unet`` has been replaced since): the pipeline is dense again."""
+        for unet in (self.pipe.unet, self.unet):
+            routing = timestep_routing(unet)
+            if routing is not None:
+                routing.remove()
+                routing.router.remove()
+        if self._saved_progress_bar is None:
+            del self.pipe.progress_bar  # the pipeline's own method again
+        else:
+            self.pipe.progress_bar = self._saved_progress_bar
 
 
-def apply_experts(pipe, checkpoint: Union[str, Path, ExpertSet]) -> RoutedPipeline:
+def apply_experts(pipe, checkpoint: Union[str, Path, ExpertSet],
+                  allow_other_weights: bool = False) -> RoutedPipeline:
     """Route ``pipe``'s UNet through the experts of an ALTER checkpoint (or ExpertSet).
 
-    The pipeline's UNet must hold the checkpoint's weights (``load_unet``) and
-    architecture; mismatches raise instead of silently running dense.
+    The pipeline's UNet must hold the checkpoint's architecture and weights
+    (``load_unet``); mismatches raise instead of silently running dense or
+    other weights. ``allow_other_weights=True`` skips the weights check.
     """
     experts = checkpoint if isinstance(checkpoint, ExpertSet) else load_experts(checkpoint)
-    return RoutedPipeline(pipe, experts)
+    return RoutedPipeline(pipe, experts, allow_other_weights)

@@ -22,15 +22,17 @@ from mmengine.dist import all_reduce_dict
 from mmengine.optim import OptimWrapperDict
 from torch import nn
 
+from alter.inference.experts import weights_fingerprint
 from alter.models.diffusion import LatentDiffusion
 from alter.models.hypernet import HyperNetwork
 from alter.models.losses import capture_block_outputs, unet_objective
-from alter.models.regularizers import balance_loss
+from alter.models.regularizers import balance_loss, routing_smoothness
 from alter.registry import MODELS, PRUNING_SPACES, REGULARIZERS
 from alter.units.gating import UnitGating
 from alter.units.macs import CONVENTIONS, MacTable, architecture_key, mac_table
 
-DEFAULT_LOSS_WEIGHTS = dict(denoise=1e-4, out_kd=1.0, feat_kd=1.0, ratio=5.0, balance=1.0)
+# smooth: the routing-smoothness term, an option beyond the paper (off).
+DEFAULT_LOSS_WEIGHTS = dict(denoise=1e-4, out_kd=1.0, feat_kd=1.0, ratio=5.0, balance=1.0, smooth=0.0)
 
 
 def routing_segments(route: torch.Tensor) -> int:
@@ -72,7 +74,8 @@ class ALTER(LatentDiffusion):
         hypernet: extra ``HyperNetwork`` arguments (expert generator, router,
             temperatures, estimator).
         regularizer: sparsity regulariser config (``LogRatio`` in the paper).
-        loss_weights: ``denoise``, ``out_kd``, ``feat_kd``, ``ratio``, ``balance``.
+        loss_weights: ``denoise``, ``out_kd``, ``feat_kd``, ``ratio``, ``balance``, and
+            ``smooth``, the weight of ``routing_smoothness`` in L_H (0: the paper).
         schedule: ``joint`` (ALTER) or ``two_stage`` (TwoStage ablation).
         mac_convention: convention of the sparsity budget (``fvcore`` as in the paper).
         teacher: optional config of the dense teacher; same architecture
@@ -109,6 +112,10 @@ class ALTER(LatentDiffusion):
         self.hypernet_iters = hypernet_iters
         self.schedule = schedule
         self.mac_convention = mac_convention
+        unknown = sorted(set(loss_weights or {}) - set(DEFAULT_LOSS_WEIGHTS))
+        if unknown:
+            raise ValueError(f'unknown loss_weights {unknown}; the weights are '
+                             f'{sorted(DEFAULT_LOSS_WEIGHTS)}')
         self.loss_weights = dict(DEFAULT_LOSS_WEIGHTS, **(loss_weights or {}))
         self.teacher = self._freeze(self.build_component(teacher) if teacher
                                     else copy.deepcopy(self.unet))
@@ -220,17 +227,21 @@ class ALTER(LatentDiffusion):
             with self.gating.soft(out.timestep_masks[timesteps]):
                 with optim_wrapper.optim_context(self.hypernet):
                     terms = self._objective(unet, x_t, timesteps, context, reference)
-                    keep = self.costs[self.mac_convention].keep_ratio(out.timestep_masks).mean()
-                    loss_perf = sum(terms.values())
-                    loss_ratio = w['ratio'] * self.regularizer(keep, self.target_keep)
-                    loss_balance = w['balance'] * balance_loss(out.routing, out.route_probs)
-                    loss = loss_perf + loss_ratio + loss_balance
+                # The budget terms outside AMP's autocast, in float32 like H's output:
+                # in half precision the keep ratio is off by ~1e-3 of the budget.
+                keep = self.costs[self.mac_convention].keep_ratio(out.timestep_masks).mean()
+                loss_perf = sum(terms.values())
+                loss_ratio = w['ratio'] * self.regularizer(keep, self.target_keep)
+                loss_balance = w['balance'] * balance_loss(out.routing, out.route_probs)
+                loss_smooth = w['smooth'] * routing_smoothness(out.route_probs)
+                loss = loss_perf + loss_ratio + loss_balance + loss_smooth
                 optim_wrapper.update_params(loss)
         self.refresh_table()
         probs = out.route_probs.detach()
         entropy = -(probs * probs.clamp_min(1e-12).log()).sum(-1).mean()
         return {'hyper/loss': loss.detach(), 'hyper/loss_perf': loss_perf.detach(),
                 'hyper/loss_ratio': loss_ratio.detach(), 'hyper/loss_balance': loss_balance.detach(),
+                'hyper/loss_smooth': loss_smooth.detach(),
                 'hyper/keep_ratio_sampled': keep.detach(), 'hyper/router_entropy': entropy}
 
     def _unet_step(self, x_t, timesteps, context, reference, optim_wrapper):
@@ -251,7 +262,8 @@ class ALTER(LatentDiffusion):
     # -- export ---------------------------------------------------------------
 
     def export_experts(self) -> dict:
-        """The deployable artifact: expert masks, routing table and their costs."""
+        """The deployable artifact: expert masks, routing table, their costs and the
+        fingerprint of the UNet's weights (under FSDP every rank must call this)."""
         table = self.costs[self.mac_convention]
         return dict(
             architecture=dict(class_name=type(bare(self.unet)).__name__,
@@ -270,4 +282,5 @@ class ALTER(LatentDiffusion):
                   for c, t in self.costs.items()},
             resolution=table.resolution,
             context_length=table.context_length,
+            weights_fingerprint=weights_fingerprint(bare(self.unet)),
             step=int(self.num_steps))

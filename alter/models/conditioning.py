@@ -2,7 +2,9 @@
 
 Contracts (all modules frozen, used under ``torch.no_grad``):
 
-* autoencoder: ``encode(images (B, 3, H, W) in [-1, 1]) -> latents (B, C, H/f, W/f)``,
+* autoencoder: ``encode(images (B, 3, H, W) in [-1, 1], noise=None) -> latents
+  (B, C, H/f, W/f)`` (where the latent is stochastic, the posterior sample
+  ``mean + std * noise`` for standard-normal ``noise`` of the latents' shape),
   ``decode(latents) -> images``, attributes ``scale_factor`` (f) and ``latent_channels``;
 * text encoder: ``encoder(captions: list[str]) -> context (B, L, D)``, attributes
   ``context_length`` (L) and ``dim`` (D).
@@ -142,8 +144,8 @@ class PixelUnshuffleAutoencoder(nn.Module):
         self.scale_factor = factor
         self.latent_channels = channels * factor * factor
 
-    def encode(self, images: torch.Tensor) -> torch.Tensor:
-        return F.pixel_unshuffle(images, self.scale_factor)
+    def encode(self, images: torch.Tensor, noise: Optional[torch.Tensor] = None) -> torch.Tensor:
+        return F.pixel_unshuffle(images, self.scale_factor)  # deterministic: noise unused
 
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
         return F.pixel_shuffle(latents, self.scale_factor)
@@ -176,10 +178,13 @@ class SDAutoencoder(nn.Module):
         self.latent_channels = self.vae.config.latent_channels
         self.scaling = self.vae.config.scaling_factor
 
-    def encode(self, images: torch.Tensor,
-               generator: Optional[torch.Generator] = None) -> torch.Tensor:
+    def encode(self, images: torch.Tensor, noise: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Scaled posterior sample; ``noise`` (B, C, h, w) standard normal, or None to
+        draw it from torch's global generator."""
         posterior = self.vae.encode(images.to(self.vae.dtype)).latent_dist
-        return posterior.sample(generator) * self.scaling
+        sample = posterior.sample() if noise is None else \
+            posterior.mean + posterior.std * noise.to(posterior.mean)
+        return sample * self.scaling
 
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
         return self.vae.decode(latents.to(self.vae.dtype) / self.scaling).sample

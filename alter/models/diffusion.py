@@ -156,32 +156,45 @@ class LatentDiffusion(BaseModel):
         Takes ``latents``/``context`` as given, or encodes ``image``/``caption``
         with the frozen components; captions are dropped to '' with
         probability ``cond_dropout`` (precomputed context: replaced by the batch's
-        ``uncond_context``, the encoding of '', with the same draws).
+        ``uncond_context``, the encoding of '', with the same draws). The context
+        is drawn first, so cached and encoded batches drop the same captions.
         """
-        if 'latents' in data:
-            latents = data['latents']
-        elif self.autoencoder is not None and 'image' in data:
-            latents = self.autoencoder.encode(data['image']).float()
-        else:
-            raise KeyError("the batch has no 'latents', and no 'image' with model.autoencoder "
-                           f'set to encode it; batch keys: {sorted(data)}')
+        context = self._context(data)
+        latents = self._latents(data)
+        return latents, context.to(latents)
+
+    def _context(self, data: dict) -> torch.Tensor:
         if 'context' in data:
             context = data['context']
             if self.cond_dropout == 0:
-                return latents, context
+                return context
             if 'uncond_context' not in data:
                 raise KeyError(f"model.cond_dropout={self.cond_dropout} needs 'uncond_context' "
                                'beside precomputed context (LatentCacheDataset gives it); or '
                                'set model.cond_dropout=0')
             drop = self.draw(torch.rand, len(context)) < self.cond_dropout
-            return latents, torch.where(drop.view(-1, 1, 1).to(context.device),
-                                        data['uncond_context'].to(context), context)
+            return torch.where(drop.view(-1, 1, 1).to(context.device),
+                               data['uncond_context'].to(context), context)
         if self.text_encoder is None or 'caption' not in data:
             raise KeyError("the batch has no 'context', and no 'caption' with "
                            f'model.text_encoder set to encode it; batch keys: {sorted(data)}')
         drop = self.draw(torch.rand, len(data['caption'])) < self.cond_dropout
         captions = ['' if d else c for c, d in zip(data['caption'], drop.tolist())]
-        return latents, self.text_encoder(captions).to(latents)
+        return self.text_encoder(captions)
+
+    def _latents(self, data: dict) -> torch.Tensor:
+        if 'latents' in data:
+            return data['latents']
+        if self.autoencoder is None or 'image' not in data:
+            raise KeyError("the batch has no 'latents', and no 'image' with model.autoencoder "
+                           f'set to encode it; batch keys: {sorted(data)}')
+        images = data['image']
+        f = self.autoencoder.scale_factor
+        # The posterior sample's noise comes from the step's draws: a resumed run, and
+        # N ranks, draw what one uninterrupted process would.
+        noise = self.draw(torch.randn, len(images), self.autoencoder.latent_channels,
+                          images.shape[-2] // f, images.shape[-1] // f).to(images)
+        return self.autoencoder.encode(images, noise).float()
 
     def noisy_input(self, latents: torch.Tensor) -> Tuple[torch.Tensor, ...]:
         """x_t, timesteps (B,) and the denoising target for clean ``latents``."""

@@ -119,13 +119,18 @@ class HyperNetwork(nn.Module):
         """
         noise = self.training
         hard = self.estimator == 'straight_through' or not self.training
-        expert_masks = gumbel_sigmoid(self.experts() + self.gate_offset, self.gate_tau, hard,
-                                      noise, generator)  # (N_E, N_L)
-        route_logits = self.router(self.timesteps)  # (T, N_E)
-        routing = gumbel_softmax(route_logits, self.route_tau, hard, noise, generator)
-        route_probs = F.softmax(route_logits / self.route_tau, dim=-1)
-        return HyperOutput(expert_masks=expert_masks, routing=routing, route_probs=route_probs,
-                           timestep_masks=routing @ expert_masks)  # (T, N_L)
+        # In float32 even under AMP: in bfloat16, 0.2 % of the uniform draws are
+        # exactly 0 (forcing a gate off) and the masks feed the MAC budget.
+        with torch.autocast(self.timesteps.device.type, enabled=False):
+            expert_logits = self.experts().float()  # (N_E, N_L)
+            route_logits = self.router(self.timesteps).float()  # (T, N_E)
+            expert_masks = gumbel_sigmoid(expert_logits + self.gate_offset, self.gate_tau, hard,
+                                          noise, generator)
+            routing = gumbel_softmax(route_logits, self.route_tau, hard, noise, generator)
+            route_probs = F.softmax(route_logits / self.route_tau, dim=-1)
+            return HyperOutput(expert_masks=expert_masks, routing=routing,
+                               route_probs=route_probs,
+                               timestep_masks=routing @ expert_masks)  # (T, N_L)
 
     @torch.no_grad()
     def table(self) -> Tuple[torch.Tensor, torch.Tensor]:
