@@ -4,8 +4,9 @@
 
 Writes ``training_dynamics.png`` and ``.pdf``: UNet loss L_U and its terms, the
 hypernetwork loss L_H and L_perf, the weighted budget (ratio) and balance terms,
-and the keep ratio of the hard table beside that of the hypernetwork's sampled
-masks, against iteration; the colour tells the run, the line style the quantity.
+the keep ratio of the hard table beside that of the hypernetwork's sampled
+masks, the routing table's contiguous segments and the router's entropy, against
+iteration; the colour tells the run, the line style the quantity.
 Each run's T_end (last logged iteration with hypernetwork updates) is a vertical
 line; hyper/* values logged after it are stale repeats and are not drawn.
 """
@@ -44,6 +45,10 @@ def panels(convention: str) -> List[tuple]:
         (f'keep ratio ({convention} MACs)', 'keep ratio p',
          [(REALISED_KEEP.format(convention), '-', 'realised: hard table'),
           ('hyper/keep_ratio_sampled', '--', 'sampled masks (hypernetwork step)')]),
+        ('routing table (N_E = every expert one interval)', 'contiguous segments',
+         [('routing_segments', '-', 'segments over the 1000 timesteps')]),
+        ('router', 'entropy (nats)', [('hyper/router_entropy', '-',
+                                       'mean entropy of the route probabilities')]),
     ]
 
 
@@ -84,7 +89,8 @@ def run_labels(work_dirs: Sequence[PathLike]) -> List[str]:
 
 def plot_training_dynamics(runs: Dict[str, pd.DataFrame], convention: str = 'fvcore',
                            targets: Optional[Dict[str, float]] = None) -> Figure:
-    """The four panels of Fig. 5 with one colour per run.
+    """The four panels of Fig. 5, and the routing table's segments and the router's
+    entropy, with one colour per run.
 
     Args:
         runs: run label -> its scalar log (``read_scalars``), stale hyper/* rows included.
@@ -97,8 +103,8 @@ def plot_training_dynamics(runs: Dict[str, pd.DataFrame], convention: str = 'fvc
             raise ValueError(f'the scalar log of {label} has none of {sorted(plotted)}; '
                              f'is it an ALTER run?')
     colors = colormaps['tab10'].colors
-    fig = Figure(figsize=(13, 8.5), layout='constrained')
-    axes = fig.subplots(2, 2, sharex=True).ravel()
+    fig = Figure(figsize=(13, 12), layout='constrained')
+    axes = fig.subplots(3, 2, sharex=True).ravel()
     run_handles = []
     for i, (label, scalars) in enumerate(runs.items()):
         color = colors[i % len(colors)]
@@ -126,7 +132,7 @@ def plot_training_dynamics(runs: Dict[str, pd.DataFrame], convention: str = 'fvc
         if ax is axes[3] and targets:
             handles.append(Line2D([], [], color='0.3', linestyle=':', linewidth=1, label='target p'))
         ax.legend(handles=handles, fontsize=8, loc='best')
-    for ax in axes[2:]:
+    for ax in axes[-2:]:
         ax.set_xlabel('iteration')
     fig.legend(handles=run_handles, loc='outside lower center', ncols=min(len(runs), 4),
                fontsize=9, title='run', title_fontsize=9, frameon=False)

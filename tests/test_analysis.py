@@ -14,7 +14,8 @@ import pytest
 
 matplotlib.use('Agg')
 
-from analysis import expert_patterns, make_figures, pareto, routing, training_dynamics  # noqa: E402
+from analysis import (expert_patterns, make_figures, pareto, routing, study_figures,  # noqa: E402
+                      training_dynamics)
 from analysis.common import read_experts, read_results, read_scalars  # noqa: E402
 from analysis.pareto import metric_higher_is_better, pareto_front  # noqa: E402
 from analysis.routing import experts_at, routing_runs, schedule_timesteps  # noqa: E402
@@ -282,6 +283,44 @@ def test_make_figures_writes_everything(tmp_path):
     assert len(written) == 2 * (2 * 2 + 1 + 3)
 
 
+def write_study_tables(study: Path) -> None:
+    """A study folder as tools/study.py writes it: gap curves and results rows."""
+    study.mkdir(parents=True)
+    grid = np.arange(10, 1000, 20)
+    curves = [dict(run=f'{method}_s{seed}', timestep=t, mean=scale * (1 + t / 1000),
+                   ci_low=scale, ci_high=2 * scale)
+              for method, scale in (('alter', 1e-3), ('static', 2e-3)) for seed in (0, 1)
+              for t in grid]
+    curves += [dict(run='alter_i300_s0', timestep=t, mean=5e-3, ci_low=4e-3, ci_high=6e-3)
+               for t in grid]
+    pd.DataFrame(curves).to_csv(study / 'denoising_gap.csv', index=False)
+    rows = [dict(run='dense', method='dense-20', steps=20, seed=np.nan, iters=np.nan,
+                 sparsity=np.nan, attribute_accuracy=0.8, attribute_accuracy_ci_low=0.78,
+                 attribute_accuracy_ci_high=0.82)]
+    for method in ('ALTER', 'Static'):
+        for iters, acc in ((300, 0.3), (1000, 0.5), (2000, 0.6), (4000, 0.7)):
+            name = f'{method.lower()}{"" if iters == 2000 else f"_i{iters}"}_s0'
+            rows.append(dict(run=name, method=f'{method}-20', steps=20, seed=0, iters=iters,
+                             sparsity=0.35, attribute_accuracy=acc,
+                             attribute_accuracy_ci_low=acc - 0.03,
+                             attribute_accuracy_ci_high=acc + 0.03))
+    pd.DataFrame(rows).to_csv(study / 'results.csv', index=False)
+
+
+def test_study_figures_script(tmp_path):
+    write_study_tables(tmp_path / 'study')
+    written = study_figures.main([str(tmp_path / 'study'), '--out', str(tmp_path / 'out')])
+    assert_figures(tmp_path / 'out', 'denoising_gap')
+    assert_figures(tmp_path / 'out', 'training_length')
+    assert len(written) == 4
+    curves = pd.read_csv(tmp_path / 'study' / 'denoising_gap.csv')
+    fig = study_figures.plot_denoising_gap(curves, ['alter_s0', 'alter_s1', 'static_s0'])
+    labels = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
+    assert labels == ['alter (2 seeds)', 'static (1 seeds)']
+    with pytest.raises(ValueError, match='no denoising-gap curves'):
+        study_figures.plot_denoising_gap(curves, ['missing_s0'])
+
+
 def test_script_runs_as_a_file_without_training_code(tmp_path):
     """``python analysis/x.py`` finds its package by itself and imports neither alter nor torch."""
     results = write_results(tmp_path)['json']
@@ -295,7 +334,7 @@ def test_script_runs_as_a_file_without_training_code(tmp_path):
     env = {**os.environ, 'MPLBACKEND': 'Agg', 'PYTHONPATH': ''}
     # cwd outside the repo: only the script's own sys.path entry can make `analysis` importable
     result = subprocess.run([sys.executable, '-c', code], cwd=tmp_path, env=env, capture_output=True,
-                            text=True)
+                            text=True, timeout=300)
     assert result.returncode == 0, result.stderr
     assert_figures(tmp_path / 'out', 'pareto_attribute_accuracy')
 

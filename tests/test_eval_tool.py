@@ -3,6 +3,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from mmengine.config import Config
@@ -109,7 +110,8 @@ def shapes_alter(tmp_path_factory):
 
 def _run(tool, checkpoint, work_dir, *extra):
     return tool.main([SHAPES, str(checkpoint), '--num-prompts', '6', '--steps', '3',
-                      '--batch-size', '4', '--work-dir', str(work_dir), *extra])
+                      '--batch-size', '4', '--work-dir', str(work_dir),
+                      '--dense-store', str(work_dir.parent / 'dense'), *extra])
 
 
 def test_routed_images_scored_resumed_and_recorded(shapes_alter, tmp_path):
@@ -119,28 +121,40 @@ def test_routed_images_scored_resumed_and_recorded(shapes_alter, tmp_path):
                '--latency-repeats', '1', '--latency-warmup', '0']
     out = _run(tool, pruned, tmp_path / 'pruned', *metrics)
     row = out['rows'][0]
-    assert row['method'] == 'ALTER-3' and row['keep_ratio'] == experts['keep_ratio']['fvcore']
+    assert row['method'] == 'pruned-3' and row['keep_ratio'] == experts['keep_ratio']['fvcore']
+    assert row['num_experts'] == len(experts['expert_masks'])
     assert 0 < row['ssim_vs_dense'] < 1 and np.isfinite(row['psnr_vs_dense'])
+    assert row['ssim_vs_dense_ci_low'] <= row['ssim_vs_dense'] <= row['ssim_vs_dense_ci_high']
+    assert row['attribute_accuracy_ci_low'] <= row['attribute_accuracy'] \
+        <= row['attribute_accuracy_ci_high']
+    per_image = pd.read_csv(tmp_path / 'pruned' / 'per_image.csv')
+    assert list(per_image.prompt) == list(range(6))
+    assert per_image.ssim_vs_dense.mean() == pytest.approx(row['ssim_vs_dense'])
+    assert per_image.attribute_accuracy.mean() == pytest.approx(row['attribute_accuracy'])
     assert 0 <= row['attribute_accuracy'] <= 1
     assert row['gmacs_per_generation'] < 3 * 2 * row['dense_gmacs_per_unet_call']
     assert row['gmacs_per_unet_call'] == pytest.approx(row['gmacs_per_generation'] / 6)
     assert row['latency_seconds'] > 0 and row['latency_device'].startswith('CPU')
-    files = {f: f.stat().st_mtime_ns for f in (tmp_path / 'pruned' / 'images').rglob('*.png')}
-    assert len(files) == 12  # 6 routed + 6 dense images
+    files = {f: f.stat().st_mtime_ns for f in tmp_path.rglob('*.png')}
+    assert len(list((tmp_path / 'pruned' / 'images').rglob('*.png'))) == 6  # routed
+    assert len(list((tmp_path / 'dense').rglob('*.png'))) == 6  # dense, in the shared store
 
     # A rerun generates nothing and scores the same images the same way.
-    again = tool.main([SHAPES, str(pruned), '--num-prompts', '6', '--steps', '3',
-                            '--batch-size', '4', '--work-dir', str(tmp_path / 'pruned'),
-                            '--metrics', 'attribute_accuracy', 'ssim', 'psnr'])
+    again = _run(tool, pruned, tmp_path / 'pruned', '--metrics', 'attribute_accuracy', 'ssim',
+                 'psnr')
     assert {f: f.stat().st_mtime_ns for f in files} == files
     assert again['rows'][0]['ssim_vs_dense'] == row['ssim_vs_dense']
     saved = json.loads((tmp_path / 'pruned' / 'results.json').read_text())
     assert saved['manifest']['seeds'].startswith('prompt i uses seed 0')
     assert (tmp_path / 'pruned' / 'results.csv').read_text().startswith('method,')
 
-    # Experts that keep every unit reproduce the dense UNet's images exactly.
-    same = _run(tool, full, tmp_path / 'full', '--metrics', 'ssim', 'psnr')['rows'][0]
+    # Experts that keep every unit reproduce the dense UNet's images exactly; another
+    # work dir with the same settings reuses the dense images instead of regenerating them.
+    same = _run(tool, full, tmp_path / 'full', '--metrics', 'ssim', 'psnr', '--label',
+                'Static')['rows'][0]
+    assert same['method'] == 'Static-3'
     assert same['ssim_vs_dense'] == pytest.approx(1.0) and same['psnr_vs_dense'] == float('inf')
+    assert {f: f.stat().st_mtime_ns for f in files} == files
 
 
 def test_missing_weights_and_references_fail_with_the_option_to_pass(shapes_alter, tmp_path):

@@ -5,23 +5,31 @@
         [--resolution PX] [--seed 0] [--metrics NAME...] [--work-dir DIR] ...
 
 CHECKPOINT is an ALTER checkpoint directory (``unet/`` + ``experts.json``), a dense
-one (``unet/`` only), or ``dense`` for the config's own pretrained UNet. Images are
-saved as PNGs under ``WORK_DIR/images/<method>/`` (a stopped run continues where it
-stopped), then scored. Metrics: ``fid`` (pytorch-fid Inception, ``--inception-weights``;
+one (``unet/`` only), or ``dense`` for the config's own pretrained UNet; its results
+row is labelled ``<--label>-<steps>`` (default label: the checkpoint folder's name).
+Images are saved as PNGs under ``WORK_DIR/images/<method>/`` (a stopped run continues
+where it stopped), then scored; the dense UNet's comparison images go to a store shared
+by every work dir, ``--dense-store`` (default ``work_dirs/test/dense``), one folder per
+setting, so they are generated once. Metrics: ``fid`` (pytorch-fid Inception, ``--inception-weights``;
 ``--fid-mode clean-fid-legacy-pytorch`` quantises to 8 bit first as clean-fid does),
 ``clip`` (open_clip, ``--clip-weights``), ``cmmd`` (CLIP ViT-L/14-336, ``--cmmd-weights``),
 ``ssim``/``psnr`` against the dense UNet's images from the same seeds, ``macs`` (per UNet
 call and per generation, both conventions, guidance = 2 calls), ``latency`` (median of
 interleaved repeats after warm-up, device named), and the embedded benchmark's proxies
-``proxy_fid``, ``proxy_kid``, ``attribute_accuracy``, ``alignment``. Writes
-``results.json``, ``results.csv`` and ``manifest.json`` (every setting) to WORK_DIR.
+``proxy_fid``, ``proxy_kid``, ``attribute_accuracy``, ``alignment``. Every quality
+number comes with its bootstrap 95 % interval over prompts (``<metric>_ci_low``,
+``_ci_high``). Writes ``results.json``, ``results.csv``, ``per_image.csv`` (the per-prompt
+scores, for paired comparisons between checkpoints) and ``manifest.json`` (every
+setting) to WORK_DIR.
 """
 import argparse
+import hashlib
+import json
 import platform
 import sys
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 import pandas as pd
@@ -33,6 +41,7 @@ from tqdm import tqdm
 from alter.evaluation.benchmark import benchmark_prompts
 from alter.evaluation.fidelity import psnr, ssim
 from alter.evaluation.image_store import ImageStore, from_uint8, to_uint8
+from alter.evaluation.intervals import summary
 from alter.evaluation.presets import PRESETS
 from alter.evaluation.prompts import load_prompts
 from alter.evaluation.reference import resize_square
@@ -84,6 +93,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument('--latency-warmup', type=int, default=1)
     parser.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
     parser.add_argument('--work-dir', help='default work_dirs/test/<checkpoint name>')
+    parser.add_argument('--label', help="results label (default: the checkpoint folder's name)")
+    parser.add_argument('--dense-store', default='work_dirs/test/dense',
+                        help='where dense comparison images are kept, one folder per setting')
     parser.add_argument('--cfg-options', nargs='+', action=DictAction, default={})
     args = parser.parse_args(argv)
     for key, value in PRESETS[args.preset].items():
@@ -183,8 +195,9 @@ def build_evaluators(args) -> Dict[str, Evaluator]:
 
 
 def score(store: ImageStore, prompts: List[dict], evaluators: Dict[str, Evaluator], args,
-          dense_store: Optional[ImageStore]) -> Dict[str, float]:
-    """Every requested image metric over the stored images, streamed in batches."""
+          dense_store: Optional[ImageStore]) -> Tuple[Dict[str, float], pd.DataFrame]:
+    """Every requested image metric over the stored images, streamed in batches; the
+    scores with their intervals, and the per-image scores (one row per prompt)."""
     fidelity: Dict[str, List[np.ndarray]] = {'ssim': [], 'psnr': []}
     for start in tqdm(range(0, len(prompts), 100), desc='scoring'):
         indices = list(range(start, min(start + 100, len(prompts))))
@@ -199,12 +212,28 @@ def score(store: ImageStore, prompts: List[dict], evaluators: Dict[str, Evaluato
             fidelity['ssim'].append(ssim(images, dense).numpy())
             fidelity['psnr'].append(psnr(images, dense).numpy())
     scores = {}
+    per_image = pd.DataFrame({'prompt': range(len(prompts))})
     for evaluator in evaluators.values():
         scores.update(evaluator.evaluate(len(prompts)))
+        for metric in evaluator.metrics:
+            for key, values in getattr(metric, 'per_image', {}).items():
+                per_image[key] = values
     for name, values in fidelity.items():
         if values and name in args.metrics:
-            scores[f'{name}_vs_dense'] = float(np.concatenate(values).mean())
-    return scores
+            values = np.concatenate(values)
+            stats = summary(values)
+            scores.update({f'{name}_vs_dense': stats['mean'],
+                           f'{name}_vs_dense_ci_low': stats['ci_low'],
+                           f'{name}_vs_dense_ci_high': stats['ci_high']})
+            per_image[f'{name}_vs_dense'] = values
+    return scores, per_image
+
+
+def dense_store_dir(args, settings: dict) -> Path:
+    """The shared dense store of these settings: ``--dense-store/dense-<steps>-<key>``,
+    the key a hash of everything that made the images."""
+    key = hashlib.sha1(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()
+    return Path(args.dense_store) / f'dense-{args.dense_steps}-{key[:12]}'
 
 
 def macs(unet, experts: Optional[ExpertSet], model: LatentDiffusion, resolution: int,
@@ -253,10 +282,13 @@ def package_version(name: str) -> Optional[str]:
         return None
 
 
-def write_results(work_dir: Path, rows: List[dict], manifest: dict) -> None:
+def write_results(work_dir: Path, rows: List[dict], per_image: pd.DataFrame,
+                  manifest: dict) -> None:
     atomic_write_json(work_dir / 'results.json', dict(rows=rows, manifest=manifest))
     atomic_write(work_dir / 'results.csv',
                  lambda tmp: pd.DataFrame(rows).to_csv(tmp, index=False, float_format='%.6g'))
+    atomic_write(work_dir / 'per_image.csv',
+                 lambda tmp: per_image.to_csv(tmp, index=False, float_format='%.6g'))
     atomic_write_json(work_dir / 'manifest.json', manifest)
 
 
@@ -289,7 +321,7 @@ def main(argv=None) -> Dict:
     seeds = [args.seed * 100_000 + i for i in range(len(prompts))]
     name = Path(args.checkpoint.rstrip('/')).name
     work_dir = Path(args.work_dir or Path('work_dirs') / 'test' / name)
-    method = f'{"ALTER" if experts else name}-{args.steps}'
+    method = f'{args.label or name}-{args.steps}'
     settings = dict(config=args.config, checkpoint=args.checkpoint, prompts=args.prompts,
                     caption_column=args.caption_column, num_prompts=len(prompts), seed=args.seed,
                     scheduler=args.scheduler, guidance=args.guidance, resolution=resolution,
@@ -302,16 +334,18 @@ def main(argv=None) -> Dict:
     dense_store = None
     if needs_dense:
         dense_method = f'dense-{args.dense_steps}'
-        dense_store = ImageStore(work_dir / 'images' / dense_method,
-                                 dict(settings, checkpoint='dense', steps=args.dense_steps))
+        dense_settings = dict(settings, checkpoint='dense', steps=args.dense_steps)
+        dense_store = ImageStore(dense_store_dir(args, dense_settings), dense_settings)
         generate_missing(dense_store, dense, prompts, seeds, args.dense_steps, args, dense_method)
 
+    scores, per_image = score(store, prompts, evaluators, args, dense_store)
     rows = [dict(method=method, steps=args.steps,
-                 keep_ratio=experts.keep_ratio.get('fvcore', 1.0) if experts else 1.0,
-                 **score(store, prompts, evaluators, args, dense_store))]
+                 num_experts=experts.num_experts if experts else None,
+                 keep_ratio=experts.keep_ratio.get('fvcore', 1.0) if experts else 1.0, **scores)]
     if args.dense_baseline and dense_store is not None:
         rows.append(dict(method=f'dense-{args.dense_steps}', steps=args.dense_steps,
-                         keep_ratio=1.0, **score(dense_store, prompts, evaluators, args, None)))
+                         num_experts=None, keep_ratio=1.0,
+                         **score(dense_store, prompts, evaluators, args, None)[0]))
     if 'macs' in args.metrics:
         for row in rows:
             routed = experts if row['method'] == method else None
@@ -343,11 +377,11 @@ def main(argv=None) -> Dict:
     if 'cmmd' in args.metrics:
         manifest['cmmd'] = dict(model='ViT-L-14-336', pretrained='openai', sigma=10, scale=1000,
                                 weights=file_record(args.cmmd_weights))
-    write_results(work_dir, rows, manifest)
+    write_results(work_dir, rows, per_image, manifest)
     for row in rows:
         print('  '.join(f'{k}={v:.4g}' if isinstance(v, float) else f'{k}={v}'
                         for k, v in row.items() if '/' not in k))
-    print(f'wrote {work_dir / "results.json"}, results.csv and manifest.json')
+    print(f'wrote {work_dir / "results.json"}, results.csv, per_image.csv and manifest.json')
     return dict(rows=rows, manifest=manifest)
 
 

@@ -29,7 +29,9 @@ def bootstrap_indices(num: int, resamples: int, seed: int = 0) -> np.ndarray:
 
 def _percentiles(draws: np.ndarray, level: float) -> Tuple[float, float]:
     tail = 100 * (1 - level) / 2
-    low, high = np.nanpercentile(draws, [tail, 100 - tail])
+    # 'nearest': a bound is one of the draws, so infinite draws (PSNR of identical
+    # images) give an infinite bound instead of inf - inf = NaN from interpolating.
+    low, high = np.nanpercentile(draws, [tail, 100 - tail], method='nearest')
     return float(low), float(high)
 
 
