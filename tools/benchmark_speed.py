@@ -18,33 +18,37 @@ import argparse
 import time
 
 import torch
-from mmengine.config import Config
 
 from alter.inference.experts import ExpertSet, load_experts, load_unet, weights_fingerprint
 from alter.inference.routing import ExpertRouter, TimestepRouting, call_timestep
 from alter.inference.sampler import build_sampling_scheduler, sample
 from alter.registry import MODELS, PRUNING_SPACES
 from alter.units.macs import architecture_key, mac_table
+from alter.utils.cli import open_fraction, positive_int, run_tool
+from alter.utils.config import load_config
 from alter.utils.io import atomic_write_json
 from alter.utils.timing import device_name, device_sync, interleaved
 
 
-def parse_args() -> argparse.Namespace:
+def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     parser.add_argument('config', help='config with model.unet (architecture)')
     parser.add_argument('--checkpoint', help='ALTER checkpoint directory (unet/ + experts.json)')
-    parser.add_argument('--sparsity', type=float, default=0.35,
+    parser.add_argument('--sparsity', type=open_fraction, default=0.35,
                         help='sparsity of the synthetic expert (without --checkpoint)')
-    parser.add_argument('--latent', type=int, help='latent side (default: config resolution / '
+    parser.add_argument('--latent', type=positive_int,
+                        help='latent side (default: config resolution / '
                         'latent_scale)')
-    parser.add_argument('--batch', type=int, default=1, help='images per generation')
-    parser.add_argument('--steps', type=int, nargs=2, default=(50, 20), metavar=('DENSE', 'ALTER'))
+    parser.add_argument('--batch', type=positive_int, default=1, help='images per generation')
+    parser.add_argument('--steps', type=positive_int, nargs=2, default=(50, 20),
+                        metavar=('DENSE', 'ALTER'))
     parser.add_argument('--scheduler', default='ddim')
-    parser.add_argument('--repeats', type=int, default=5)
-    parser.add_argument('--loop-repeats', type=int, default=3, help='repeats of whole loops')
+    parser.add_argument('--repeats', type=positive_int, default=5)
+    parser.add_argument('--loop-repeats', type=positive_int, default=3,
+                        help='repeats of whole loops')
     parser.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
     parser.add_argument('--out', help='write the measurements as JSON')
-    return parser.parse_args()
+    return parser.parse_args(argv)
 
 
 def synthetic_expert(unet, space: str, costs, sparsity: float) -> ExpertSet:
@@ -96,12 +100,12 @@ def timestep_read(unet, router: ExpertRouter, x, t, context, args, noise_config:
                 isolated=(time.perf_counter() - start) / reads)
 
 
-def main() -> None:
-    args = parse_args()
+def main(argv=None) -> None:
+    args = parse_args(argv)
     device = torch.device(args.device)
     dtype = torch.float16 if device.type == 'cuda' else torch.float32
     sync = device_sync(device)
-    model_cfg = Config.fromfile(args.config).model
+    model_cfg = load_config(args.config).model
     torch.manual_seed(0)
     torch.set_grad_enabled(False)
     if args.checkpoint:
@@ -198,4 +202,4 @@ def main() -> None:
 
 
 if __name__ == '__main__':
-    main()
+    run_tool(main)

@@ -9,28 +9,29 @@ MACs per UNet call at batch 1; ``--out`` writes the table as JSON.
 import argparse
 
 import torch
-from mmengine.config import Config
-
 from alter.registry import MODELS, PRUNING_SPACES
 from alter.units.macs import CONVENTIONS, mac_table
+from alter.utils.cli import positive_int, run_tool
+from alter.utils.config import load_config
 from alter.utils.io import atomic_write_json
 
 
-def parse_args() -> argparse.Namespace:
+def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     parser.add_argument('config', help='config file with model.unet (and optionally model.space)')
-    parser.add_argument('--resolution', type=int, help='image size in pixels '
+    parser.add_argument('--resolution', type=positive_int, help='image size in pixels '
                         '(default: model.resolution of the config)')
     parser.add_argument('--convention', choices=CONVENTIONS, default='fvcore')
     parser.add_argument('--space', help='pruning space (default: model.space.type of the config)')
-    parser.add_argument('--context-length', type=int, help='text tokens (default: model.context_length)')
+    parser.add_argument('--context-length', type=positive_int,
+                        help='text tokens (default: model.context_length)')
     parser.add_argument('--out', help='write the table to this JSON file')
-    return parser.parse_args()
+    return parser.parse_args(argv)
 
 
-def main() -> None:
-    args = parse_args()
-    model = Config.fromfile(args.config).model
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    model = load_config(args.config).model
     torch.set_grad_enabled(False)
     unet = MODELS.build(dict(model.unet, load_weights=False)).eval()
     space_name = args.space or model.get('space', {}).get('type', 'paper')
@@ -57,4 +58,4 @@ def main() -> None:
 
 
 if __name__ == '__main__':
-    main()
+    run_tool(main)

@@ -23,11 +23,13 @@ import inspect
 from typing import Dict, Tuple
 
 import torch
-from mmengine.config import Config, DictAction
+from mmengine.config import DictAction
 
 from alter.engine.parallel import sharded_modules
 from alter.registry import MODELS, PRUNING_SPACES
 from alter.units.gating import UnitGating
+from alter.utils.cli import run_tool
+from alter.utils.config import load_config
 
 GIB = 1024 ** 3
 OPTIMIZER_STATE_BYTES = {'adamw': 8, 'adamw8bit': 2, 'sgd': 0}  # per trained parameter
@@ -106,8 +108,7 @@ def main() -> None:
                         help='shard the UNet and the teacher over this many GPUs (default: DDP)')
     parser.add_argument('--cfg-options', nargs='+', action=DictAction, default={})
     args = parser.parse_args()
-    cfg = Config.fromfile(args.config)
-    cfg.merge_from_dict(args.cfg_options)
+    cfg = load_config(args.config, args.cfg_options)
     model = cfg.model
     resolution = args.resolution or model.resolution
     latent = resolution // model.get('latent_scale', 8)
@@ -142,4 +143,4 @@ def main() -> None:
 
 
 if __name__ == '__main__':
-    main()
+    run_tool(main)

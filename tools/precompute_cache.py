@@ -7,8 +7,9 @@ Builds the config's training dataset and the model's frozen autoencoder and text
 encoder as training builds them (``model.pretrained``, ``frozen_dtype``), encodes
 every sample once and writes shards of ``--shard-size`` samples into DIR (format:
 ``alter/datasets/latent_cache.py``). Rerun the same command to resume: finished
-shards are skipped. Each shard draws its autoencoder samples (SD's VAE posterior)
-from a seed of its own, so a resumed cache equals an uninterrupted one. Train on it:
+shards are skipped, unreadable or incomplete ones rewritten. Each shard draws its
+autoencoder samples (SD's VAE posterior) from a seed of its own, so a resumed cache
+equals an uninterrupted one. Train on it:
 
     python tools/train.py CONFIG --cfg-options train_dataloader.dataset._delete_=True \\
         train_dataloader.dataset.type=LatentCacheDataset train_dataloader.dataset.root=DIR \\
@@ -23,10 +24,12 @@ from mmengine.config import Config, DictAction
 from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm import tqdm
 
-from alter.datasets.latent_cache import (num_shards, open_cache, shard_path, shard_range,
-                                         uncond_path, write_shard, write_uncond)
+from alter.datasets.latent_cache import (num_shards, open_cache, shard_path, shard_problem,
+                                         shard_range, uncond_path, write_shard, write_uncond)
 from alter.models.diffusion import LatentDiffusion
 from alter.registry import DATASETS
+from alter.utils.cli import positive_int, run_tool
+from alter.utils.config import load_config
 
 DTYPES = ('float32', 'float16', 'bfloat16')
 
@@ -35,18 +38,17 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     parser.add_argument('config', help='training config (train_dataloader.dataset, model)')
     parser.add_argument('--out', required=True, help='cache folder (created, or resumed)')
-    parser.add_argument('--batch-size', type=int, default=16, help='samples per encoder call')
-    parser.add_argument('--shard-size', type=int, default=1000, help='samples per shard file')
+    parser.add_argument('--batch-size', type=positive_int, default=16,
+                        help='samples per encoder call')
+    parser.add_argument('--shard-size', type=positive_int, default=1000,
+                        help='samples per shard file')
     parser.add_argument('--dtype', choices=DTYPES, default='float32',
                         help='stored dtype (training reads float32 back)')
     parser.add_argument('--num-workers', type=int, default=0, help='DataLoader workers')
     parser.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
     parser.add_argument('--cfg-options', nargs='+', action=DictAction, default={},
                         help='override config settings, e.g. train_dataloader.dataset.shards=...')
-    args = parser.parse_args(argv)
-    if args.batch_size < 1 or args.shard_size < 1:
-        parser.error('--batch-size and --shard-size must be positive')
-    return args
+    return parser.parse_args(argv)
 
 
 def conditioning_model(cfg: Config) -> LatentDiffusion:
@@ -87,10 +89,21 @@ def encode_shard(model: LatentDiffusion, dataset: Dataset, indices: range, args,
     return torch.cat(latents), torch.cat(context), keys
 
 
+def shards_to_write(out: str, total: int, shard_size: int) -> List[int]:
+    """Shards missing from ``out``, or there but unreadable or incomplete (said so)."""
+    todo = []
+    for k in range(num_shards(total, shard_size)):
+        problem = shard_problem(shard_path(out, k), len(shard_range(k, shard_size, total)))
+        if problem is not None:
+            todo.append(k)
+            if problem != 'missing':
+                print(f'{shard_path(out, k)} is {problem}: rewriting it')
+    return todo
+
+
 def main(argv=None) -> None:
     args = parse_args(argv)
-    cfg = Config.fromfile(args.config)
-    cfg.merge_from_dict(args.cfg_options)
+    cfg = load_config(args.config, args.cfg_options)
     dataset = DATASETS.build(cfg.train_dataloader.dataset)
     total = len(dataset)
     shards = num_shards(total, args.shard_size)
@@ -99,13 +112,14 @@ def main(argv=None) -> None:
         dataset=cfg.train_dataloader.dataset.to_dict(),
         model={k: cfg.model.get(k) for k in ('pretrained', 'autoencoder', 'text_encoder',
                                              'frozen_dtype', 'resolution')}))
-    todo = [k for k in range(shards) if not shard_path(args.out, k).is_file()]
+    todo = shards_to_write(args.out, total, args.shard_size)
     print(f'{total} samples in {shards} shards of {args.shard_size}: '
           f'{shards - len(todo)} done, {len(todo)} to write into {args.out}')
-    if not todo and uncond_path(args.out).is_file():
+    uncond_done = shard_problem(uncond_path(args.out), None) is None
+    if not todo and uncond_done:
         return
     model = conditioning_model(cfg).to(args.device)
-    if not uncond_path(args.out).is_file():  # what caption dropout swaps in during training
+    if not uncond_done:  # what caption dropout swaps in during training
         write_uncond(args.out, model.text_encoder(['']).to(getattr(torch, args.dtype)).cpu())
     ranges = {k: shard_range(k, args.shard_size, total) for k in todo}
     done = total - sum(map(len, ranges.values()))
@@ -116,4 +130,4 @@ def main(argv=None) -> None:
 
 
 if __name__ == '__main__':
-    main()
+    run_tool(main)

@@ -20,7 +20,9 @@ interleaved repeats after warm-up, device named), and the embedded benchmark's p
 number comes with its bootstrap 95 % interval over prompts (``<metric>_ci_low``,
 ``_ci_high``). Writes ``results.json``, ``results.csv``, ``per_image.csv`` (the per-prompt
 scores, for paired comparisons between checkpoints) and ``manifest.json`` (every
-setting) to WORK_DIR.
+setting) to WORK_DIR. A store of images is keyed on what made them (the prompt texts,
+the UNet's weights fingerprint, the experts, the model config and the sampler settings):
+reopening it after any of these changed is refused.
 """
 import argparse
 import hashlib
@@ -34,7 +36,7 @@ from typing import Dict, List, Optional, Tuple
 import numpy as np
 import pandas as pd
 import torch
-from mmengine.config import Config, DictAction
+from mmengine.config import DictAction
 from mmengine.evaluator import Evaluator
 from tqdm import tqdm
 
@@ -45,12 +47,14 @@ from alter.evaluation.intervals import summary
 from alter.evaluation.presets import PRESETS
 from alter.evaluation.prompts import load_prompts
 from alter.evaluation.reference import resize_square
-from alter.inference.experts import ExpertSet, load_experts, load_unet
+from alter.inference.experts import ExpertSet, load_experts, load_unet, weights_fingerprint
 from alter.inference.pipeline import TextToImage, generation_gmacs
 from alter.inference.routing import ExpertRouter
 from alter.models.diffusion import LatentDiffusion
 from alter.registry import METRICS, PRUNING_SPACES
-from alter.units.macs import CONVENTIONS, mac_table
+from alter.units.macs import CONVENTIONS, MacTable, architecture_difference, mac_table
+from alter.utils.cli import InputError, positive_int, run_tool
+from alter.utils.config import load_config
 from alter.utils.io import atomic_write, atomic_write_json
 from alter.utils.timing import device_name, device_sync, interleaved
 
@@ -66,19 +70,20 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument('--preset', default='shapes', choices=sorted(PRESETS))
     parser.add_argument('--prompts', help="COCO captions JSON, CSV/TSV, .txt, or 'shapes'")
     parser.add_argument('--caption-column', default='caption', help='CSV/TSV caption column')
-    parser.add_argument('--num-prompts', type=int)
-    parser.add_argument('--steps', type=int)
-    parser.add_argument('--dense-steps', type=int,
+    parser.add_argument('--num-prompts', type=positive_int)
+    parser.add_argument('--steps', type=positive_int)
+    parser.add_argument('--dense-steps', type=positive_int,
                         help='steps of the dense images SSIM/PSNR compare with (default --steps)')
     parser.add_argument('--scheduler', help='ddim, pndm, dpm++, euler or unipc')
     parser.add_argument('--guidance', type=float)
-    parser.add_argument('--resolution', type=int, help='pixels (default: the config\'s)')
+    parser.add_argument('--resolution', type=positive_int, help='pixels (default: the config\'s)')
     parser.add_argument('--seed', type=int, default=0, help='prompt i uses seed SEED*100000 + i')
-    parser.add_argument('--batch-size', type=int, default=16)
+    parser.add_argument('--batch-size', type=positive_int, default=16)
     parser.add_argument('--metrics', nargs='+', choices=METRIC_NAMES)
     parser.add_argument('--dense-baseline', action='store_true',
                         help='also score the dense UNet\'s images (a second results row)')
-    parser.add_argument('--fid-size', type=int, help='FID/KID resize (default: the preset\'s)')
+    parser.add_argument('--fid-size', type=positive_int,
+                        help='FID/KID resize (default: the preset\'s)')
     parser.add_argument('--fid-mode', default='pytorch-fid',
                         choices=['pytorch-fid', 'clean-fid-legacy-pytorch'])
     parser.add_argument('--inception-weights', help="pytorch-fid's pt_inception-2015-12-05-6726825d.pth")
@@ -89,7 +94,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help='open_clip pretrained tag the weights file is (recorded)')
     parser.add_argument('--clip-weights', help='open_clip weights file of --clip-model')
     parser.add_argument('--cmmd-weights', help='open_clip ViT-L-14-336 (openai) weights file')
-    parser.add_argument('--latency-repeats', type=int, default=5)
+    parser.add_argument('--latency-repeats', type=positive_int, default=5)
     parser.add_argument('--latency-warmup', type=int, default=1)
     parser.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
     parser.add_argument('--work-dir', help='default work_dirs/test/<checkpoint name>')
@@ -229,20 +234,48 @@ def score(store: ImageStore, prompts: List[dict], evaluators: Dict[str, Evaluato
     return scores, per_image
 
 
-def dense_store_dir(args, settings: dict) -> Path:
-    """The shared dense store of these settings: ``--dense-store/dense-<steps>-<key>``,
-    the key a hash of everything that made the images."""
-    key = hashlib.sha1(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()
-    return Path(args.dense_store) / f'dense-{args.dense_steps}-{key[:12]}'
+def digest(obj) -> str:
+    """A short hash of ``obj`` as sorted JSON."""
+    return hashlib.sha1(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
-def macs(unet, experts: Optional[ExpertSet], model: LatentDiffusion, resolution: int,
-         args, steps: int) -> Dict[str, float]:
-    """GMACs per generation and per UNet call (both conventions) at ``resolution``."""
-    space = experts.space if experts else 'paper'
+def image_key(model_cfg: dict, unet, experts: Optional[ExpertSet], prompts: List[dict], args,
+              resolution: int, steps: int) -> dict:
+    """What makes a store's images: the model config (noise schedule, encoders), the UNet's
+    weights, the experts, the prompt texts and the sampler settings."""
+    return dict(model=digest(model_cfg), weights=weights_fingerprint(unet)['float32'],
+                experts=digest([experts.masks, experts.route]) if experts else None,
+                prompts=digest([p['caption'] for p in prompts]), seed=args.seed,
+                scheduler=args.scheduler, guidance=args.guidance, resolution=resolution,
+                steps=steps)
+
+
+def dense_store_dir(args, key: dict) -> Path:
+    """The shared dense store of the images ``key`` describes:
+    ``--dense-store/dense-<steps>-<hash of key>``."""
+    return Path(args.dense_store) / f'dense-{args.dense_steps}-{digest(key)}'
+
+
+def check_architecture(unet, model: LatentDiffusion, args) -> None:
+    """Refuse a checkpoint whose UNet is not the config's architecture (it would fail
+    mid-sampling against the config's text encoder and latents)."""
+    differ = architecture_difference(unet, model.unet)
+    if differ:
+        raise InputError(f'the UNet of {args.checkpoint} is another architecture than '
+                         f'model.unet of {args.config} (they differ in {", ".join(differ)}); '
+                         'pass the config the checkpoint was trained with')
+
+
+def mac_tables(unet, space: str, model: LatentDiffusion, resolution: int) -> Dict[str, MacTable]:
+    """Per-unit MACs of ``space``'s units of ``unet`` at ``resolution``, per convention."""
     units = PRUNING_SPACES.build(dict(type=space)).find(unet)
-    costs = {c: mac_table(unet, units, space, resolution, model.latent_scale,
-                          model.context_length, c) for c in CONVENTIONS}
+    return {c: mac_table(unet, units, space, resolution, model.latent_scale,
+                         model.context_length, c) for c in CONVENTIONS}
+
+
+def macs(costs: Dict[str, MacTable], experts: Optional[ExpertSet], model: LatentDiffusion,
+         args, steps: int) -> Dict[str, float]:
+    """GMACs per generation and per UNet call (both conventions)."""
     row = generation_gmacs(costs, steps, args.scheduler, model.scheduler.config, experts)
     calls = 2 * steps if args.guidance != 1 else steps
     row.update({k.replace('per_generation', 'per_unet_call'): v / calls for k, v in row.items()})
@@ -295,8 +328,7 @@ def write_results(work_dir: Path, rows: List[dict], per_image: pd.DataFrame,
 @torch.no_grad()
 def main(argv=None) -> Dict:
     args = parse_args(argv)
-    cfg = Config.fromfile(args.config)
-    cfg.merge_from_dict(args.cfg_options)
+    cfg = load_config(args.config, args.cfg_options)
     device = torch.device(args.device)
 
     model = LatentDiffusion.from_config(cfg.model).eval().to(device)
@@ -308,6 +340,7 @@ def main(argv=None) -> Dict:
         unet = model.unet
     else:
         unet = load_unet(args.checkpoint).eval().to(device)
+        check_architecture(unet, model, args)
         if (Path(args.checkpoint) / 'experts.json').is_file():
             experts = load_experts(args.checkpoint)
     router = ExpertRouter(unet, experts) if experts else None
@@ -326,7 +359,8 @@ def main(argv=None) -> Dict:
                     caption_column=args.caption_column, num_prompts=len(prompts), seed=args.seed,
                     scheduler=args.scheduler, guidance=args.guidance, resolution=resolution,
                     cfg_options=args.cfg_options)
-    store = ImageStore(work_dir / 'images' / method, dict(settings, steps=args.steps))
+    key = image_key(cfg.model.to_dict(), unet, experts, prompts, args, resolution, args.steps)
+    store = ImageStore(work_dir / 'images' / method, key)
     generate_missing(store, pipe, prompts, seeds, args.steps, args, method)
 
     needs_dense = experts is not None and (
@@ -334,14 +368,17 @@ def main(argv=None) -> Dict:
     dense_store = None
     if needs_dense:
         dense_method = f'dense-{args.dense_steps}'
-        dense_settings = dict(settings, checkpoint='dense', steps=args.dense_steps)
-        dense_store = ImageStore(dense_store_dir(args, dense_settings), dense_settings)
+        dense_key = image_key(cfg.model.to_dict(), model.unet, None, prompts, args, resolution,
+                              args.dense_steps)
+        dense_store = ImageStore(dense_store_dir(args, dense_key), dense_key)
         generate_missing(dense_store, dense, prompts, seeds, args.dense_steps, args, dense_method)
 
     scores, per_image = score(store, prompts, evaluators, args, dense_store)
+    costs = mac_tables(unet, experts.space if experts else 'paper', model, resolution) \
+        if experts or 'macs' in args.metrics else None
     rows = [dict(method=method, steps=args.steps,
                  num_experts=experts.num_experts if experts else None,
-                 keep_ratio=experts.keep_ratio.get('fvcore', 1.0) if experts else 1.0, **scores)]
+                 keep_ratio=experts.keep_ratios(costs)['fvcore'] if experts else 1.0, **scores)]
     if args.dense_baseline and dense_store is not None:
         rows.append(dict(method=f'dense-{args.dense_steps}', steps=args.dense_steps,
                          num_experts=None, keep_ratio=1.0,
@@ -349,7 +386,7 @@ def main(argv=None) -> Dict:
     if 'macs' in args.metrics:
         for row in rows:
             routed = experts if row['method'] == method else None
-            row.update(macs(unet, routed, model, resolution, args, row['steps']))
+            row.update(macs(costs, routed, model, args, row['steps']))
     if 'latency' in args.metrics:
         rows[0].update(latency(pipe, dense, prompts, seeds, args))
 
@@ -386,4 +423,4 @@ def main(argv=None) -> Dict:
 
 
 if __name__ == '__main__':
-    main()
+    run_tool(main)

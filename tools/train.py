@@ -2,21 +2,31 @@
 
     python tools/train.py configs/alter/sd21_e4_s35.py [--work-dir DIR]
         [--cfg-options k=v ...] [--resume [PATH]] [--amp] [--launcher none|pytorch] [--fsdp]
+
+``--resume`` continues from the checkpoint ``last_checkpoint`` names in the work
+dir or, if that is missing or incomplete, from the newest complete ``iter_*.pth``
+(and says so); ``--resume PATH`` continues from PATH, refused if the run that
+wrote it recorded a different config. Checkpoints are loaded without unpickling
+code (``alter.engine.checkpoint``).
 """
 import argparse
 import os.path as osp
+from pathlib import Path
+from typing import Optional
 
 import torch
 from mmengine.config import Config, DictAction
 
-from alter.engine.checkpoint import trust_local_checkpoints
+from alter.engine.checkpoint import incomplete, resume_checkpoint, trust_local_checkpoints
+from alter.engine.run_config import check_and_record, check_phase_length
 from alter.engine.runner import ShardAwareRunner
 from alter.models.alter import ALTER
 from alter.registry import MODELS
-from alter.engine.run_config import check_and_record
+from alter.utils.cli import InputError, run_tool
+from alter.utils.config import load_config
 
 
-def parse_args() -> argparse.Namespace:
+def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description='Train ALTER (or a dense model) from a config.')
     parser.add_argument('config', help='config file, e.g. configs/alter/sd21_e4_s35.py')
     parser.add_argument('--work-dir', help='where logs, checkpoints and the expert file go '
@@ -31,7 +41,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument('--fsdp', action='store_true',
                         help='shard the UNet and the teacher over the ranks (FSDP2) instead of '
                         'replicating them (DDP); for runs that do not fit in GPU memory')
-    return parser.parse_args()
+    return parser.parse_args(argv)
 
 
 def use_amp(optim_wrapper: dict) -> None:
@@ -57,20 +67,36 @@ def setup_distributed(cfg: Config, fsdp: bool) -> None:
     cfg.model_wrapper_cfg = dict(wrapper, **cfg.get('model_wrapper_cfg', {}))
 
 
-def main() -> None:
-    args = parse_args()
+def resume_from(resume: Optional[str], work_dir: str) -> Optional[Path]:
+    """The checkpoint to continue from: ``--resume PATH``, or for a bare ``--resume`` the
+    work dir's latest complete one (None: start at iteration 0)."""
+    if resume is None:
+        return None
+    if resume != 'auto':
+        problem = incomplete(Path(resume))
+        if problem:
+            raise InputError(f'--resume {resume}: the checkpoint is {problem}; pass a complete '
+                             'iter_*.pth, or --resume alone for the work dir\'s latest')
+        print(f'resuming from {resume}')
+        return Path(resume)
+    checkpoint, note = resume_checkpoint(work_dir)
+    print(note)
+    return checkpoint
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
     trust_local_checkpoints()
-    cfg = Config.fromfile(args.config)
-    cfg.merge_from_dict(args.cfg_options)
+    cfg = load_config(args.config, args.cfg_options)
     cfg.launcher = args.launcher
     cfg.work_dir = args.work_dir or cfg.get('work_dir') or osp.join(
         'work_dirs', osp.splitext(osp.basename(args.config))[0])
+    check_phase_length(cfg)
     if args.amp:
         use_amp(cfg.optim_wrapper)
-    if args.resume == 'auto':
-        cfg.resume, cfg.load_from = True, None
-    elif args.resume:
-        cfg.resume, cfg.load_from = True, args.resume
+    checkpoint = resume_from(args.resume, cfg.work_dir)
+    if checkpoint is not None:
+        cfg.resume, cfg.load_from = True, str(checkpoint)
     if args.fsdp and any(hook.get('type') == 'EMAHook' for hook in cfg.get('custom_hooks', [])):
         raise ValueError("--fsdp: mmengine's EMAHook deep-copies the whole model, which FSDP "
                          "cannot; use dict(type='UNetEMAHook', momentum=...) in custom_hooks, "
@@ -80,7 +106,7 @@ def main() -> None:
                          'tools/dist_train.sh (--launcher pytorch)')
     if args.launcher != 'none':
         setup_distributed(cfg, args.fsdp)
-    check_and_record(cfg, resuming=bool(args.resume))
+    check_and_record(cfg, resuming=bool(args.resume), checkpoint=checkpoint)
     ShardAwareRunner.from_cfg(cfg).train()
     if torch.distributed.is_initialized():
         # Gloo worker threads still alive at interpreter exit can abort the
@@ -90,4 +116,4 @@ def main() -> None:
 
 
 if __name__ == '__main__':
-    main()
+    run_tool(main)

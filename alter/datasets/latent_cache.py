@@ -12,23 +12,28 @@ A cache folder holds
     uncond.safetensors   ``context`` (1, L, D) of the empty caption
 
 Each shard is written whole (temp file + rename), so a stopped run resumes at
-the missing shards. Samples carry the empty caption's context as ``uncond_context``,
-which ``LatentDiffusion`` swaps in for ``model.cond_dropout`` of them, as it drops
+the missing shards; a shard that is unreadable or holds the wrong number of
+samples (truncated, or made by hand) is rewritten on rerun and refused, by name,
+when training reads the cache, and so is a sample with non-finite values.
+Samples carry the empty caption's context as ``uncond_context``, which
+``LatentDiffusion`` swaps in for ``model.cond_dropout`` of them, as it drops
 captions when it encodes them itself.
 """
 import json
 import operator
 from pathlib import Path
-from typing import Any, Dict, List, Union
+from typing import Any, Dict, List, Optional, Union
 
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from torch.utils.data import Dataset
 
 from alter.datasets.text_image import PackedStrings
 from alter.registry import DATASETS
+from alter.utils.cli import InputError
 from alter.utils.io import PathLike, atomic_write, atomic_write_json
+from alter.utils.tensors import non_finite
 
 MANIFEST = 'cache.json'
 TENSORS = ('latents', 'context')
@@ -79,6 +84,25 @@ def write_uncond(root: PathLike, context: torch.Tensor) -> None:
     atomic_write(uncond_path(root), lambda tmp: save_file(dict(context=context.contiguous()), tmp))
 
 
+def shard_problem(path: Path, expected: Optional[int]) -> Optional[str]:
+    """Why ``path`` is not a complete shard of ``expected`` samples, or (``expected`` None)
+    not a readable ``uncond`` file; None when it is one."""
+    if not path.is_file():
+        return 'missing'
+    try:
+        with safe_open(path, framework='pt') as file:
+            if expected is None:
+                file.get_slice('context')
+                return None
+            found = {name: file.get_slice(name).get_shape()[0] for name in TENSORS}
+            found['keys'] = len(json.loads(file.metadata()['keys']))
+    except (SafetensorError, KeyError, TypeError, ValueError) as error:
+        return f'unreadable ({error})'
+    if set(found.values()) != {expected}:
+        return f'holding {found} samples instead of {expected} of each'
+    return None
+
+
 def write_shard(path: PathLike, latents: torch.Tensor, context: torch.Tensor,
                 keys: List[str]) -> None:
     """Shard file ``path`` of latents (n, C, h, w), context (n, L, D) and n sample ids."""
@@ -117,21 +141,22 @@ class LatentCacheDataset(Dataset):
                 f'(first {missing[0]}); rerun tools/precompute_cache.py with '
                 'the same arguments to finish it')
         keys = []
-        for k, path in enumerate(paths):
-            expected = len(shard_range(k, self.shard_size, self.num_samples))
-            with safe_open(path, framework='pt') as file:
-                shard_keys = json.loads(file.metadata()['keys'])
-                found = {name: file.get_slice(name).get_shape()[0] for name in TENSORS}
-            found['keys'] = len(shard_keys)
-            if set(found.values()) != {expected}:
-                raise ValueError(f'shard {path} holds {found} samples, expected {expected} of '
-                                 'each; delete it and rerun tools/precompute_cache.py to '
+        for k, path in enumerate(paths + [uncond_path(root)]):
+            expected = len(shard_range(k, self.shard_size, self.num_samples)) \
+                if k < len(paths) else None
+            problem = shard_problem(path, expected)
+            if problem:
+                raise InputError(f'latent cache file {path} is {problem}; rerun '
+                                 'tools/precompute_cache.py with the same arguments to '
                                  'rewrite it')
-            keys.extend(shard_keys)
+            if expected is not None:
+                with safe_open(path, framework='pt') as file:
+                    keys.extend(json.loads(file.metadata()['keys']))
         self._paths = [str(p) for p in paths]
         self._keys = PackedStrings(keys)
         with safe_open(uncond_path(root), framework='pt') as file:
             self._uncond = file.get_tensor('context')[0].float()
+        self._check_finite(dict(context=self._uncond), uncond_path(root), 'the empty caption')
 
     def __len__(self) -> int:
         return self.num_samples
@@ -146,4 +171,13 @@ class LatentCacheDataset(Dataset):
         # A handle per access: nothing open is shared with forked DataLoader workers.
         with safe_open(self._paths[shard], framework='pt') as file:
             sample = {name: file.get_slice(name)[row:row + 1][0].float() for name in TENSORS}
+        self._check_finite(sample, self._paths[shard], f'sample {self._keys[index]}')
         return dict(sample, uncond_context=self._uncond, key=self._keys[index])
+
+    @staticmethod
+    def _check_finite(tensors: Dict[str, torch.Tensor], path, sample: str) -> None:
+        bad = non_finite(tensors)
+        if bad:
+            raise InputError(f'latent cache file {path} holds non-finite {", ".join(bad)} of '
+                             f'{sample}: the file is corrupt; delete it and rerun '
+                             'tools/precompute_cache.py with the same arguments')

@@ -47,6 +47,8 @@ from torch.utils.data import Dataset
 
 from alter.datasets.sd_transforms import SDImageTransform
 from alter.registry import DATASETS, TRANSFORMS
+from alter.utils.cli import InputError
+from alter.utils.images import to_rgb
 
 IMAGE_EXTENSIONS = ('jpg', 'jpeg', 'png', 'webp')  # preference order when a key has several
 # .txt first: img2dataset's .json is per-sample metadata, which may lack a caption.
@@ -159,8 +161,8 @@ class CaptionedImageDataset(Dataset, abc.ABC):
         if not isinstance(caption, str) or not caption.strip():
             raise CorruptSample(f'missing or empty caption ({caption!r})')
         with Image.open(io.BytesIO(source) if isinstance(source, bytes) else source) as image:
-            # convert() decodes every pixel here, so a truncated file raises now, inside the skip.
-            return image.convert('RGB'), caption.strip()
+            # Decoding every pixel here makes a truncated file raise now, inside the skip.
+            return to_rgb(image), caption.strip()
 
     def _skip(self, index: int, error: Exception) -> str:
         """Count and log a skipped sample; returns the reason for error messages."""
@@ -380,16 +382,29 @@ class TarShardDataset(CaptionedImageDataset):
 
 
 def _read_captions_file(path: str) -> pd.DataFrame:
-    """Table of a .csv, .tsv or .jsonl captions file, every cell as written (no type guessing)."""
+    """Table of a UTF-8 .csv, .tsv or .jsonl captions file, every cell as written (no type
+    guessing); a file that does not parse raises ``InputError`` naming it."""
     extension = os.path.splitext(path)[1].lower()
-    if extension == '.jsonl':
-        return pd.read_json(path, lines=True, dtype=False, convert_dates=False)
-    if extension in ('.csv', '.tsv'):
+    if extension not in ('.jsonl', '.csv', '.tsv'):
+        raise ValueError(f'captions file {path!r} has extension {extension!r}; expected .csv, '
+                         f'.tsv or .jsonl (one {{"file_name": ..., "caption": ...}} per line)')
+    expected = ('one JSON object per line, {"file_name": ..., "caption": ...}'
+                if extension == '.jsonl' else 'a header row, then one row per image, every row '
+                'with as many fields (quote fields that contain the delimiter)')
+    try:
+        if extension == '.jsonl':
+            return pd.read_json(path, lines=True, dtype=False, convert_dates=False,
+                                encoding='utf-8')
         # keep_default_na=False: an empty caption stays '' (skipped later) instead of NaN.
         return pd.read_csv(path, sep='\t' if extension == '.tsv' else ',', dtype=str,
-                           keep_default_na=False)
-    raise ValueError(f'captions file {path!r} has extension {extension!r}; expected .csv, .tsv '
-                     f'or .jsonl (one {{"file_name": ..., "caption": ...}} per line)')
+                           keep_default_na=False, encoding='utf-8')
+    except UnicodeDecodeError as error:
+        raise InputError(f'captions file {path!r} is not UTF-8 ({error.reason} at byte '
+                         f'{error.start}); save it as UTF-8, e.g. iconv -f latin1 -t utf-8') \
+            from None
+    except ValueError as error:  # pandas' ParserError is a ValueError too
+        raise InputError(f'captions file {path!r} does not parse ({error}); expected '
+                         f'{expected}') from None
 
 
 @DATASETS.register_module()
@@ -401,6 +416,8 @@ class ImageFolderCaptions(CaptionedImageDataset):
         captions: metadata file, relative to ``root`` (an absolute path is kept):
             ``.csv``, ``.tsv`` or ``.jsonl``.
         file_column: column of image paths relative to ``root``; also the sample's key.
+            A path leading outside ``root`` (absolute, or through ``..``) is not read:
+            its sample is skipped as corrupt.
         caption_column: column of captions.
         **kwargs: ``transform``, ``seed``, ``max_skip_fraction`` of CaptionedImageDataset.
     """
@@ -432,7 +449,12 @@ class ImageFolderCaptions(CaptionedImageDataset):
         return self._files[index]
 
     def _read(self, index: int) -> Tuple[str, str]:
-        return os.path.join(self.root, self._files[index]), self._captions[index]
+        name = self._files[index]
+        inside = os.path.normpath(name)
+        if os.path.isabs(name) or inside == '..' or inside.startswith('..' + os.sep):
+            raise CorruptSample(f'file name {name!r} lies outside root={self.root!r}; image '
+                                'names must be relative paths inside the folder')
+        return os.path.join(self.root, inside), self._captions[index]
 
 
 @DATASETS.register_module()

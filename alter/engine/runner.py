@@ -1,4 +1,5 @@
-"""mmengine's Runner, saving checkpoints of sharded (FSDP) models from every rank."""
+"""mmengine's Runner, saving checkpoints of sharded (FSDP) models from every rank and
+stopping at a non-finite loss."""
 import inspect
 
 from mmengine.dist import is_main_process
@@ -15,7 +16,14 @@ class ShardAwareRunner(Runner):
     tensors of a sharded model is a collective: the other ranks take part in
     the same order (model, optimisers, ``before_save_checkpoint`` hooks) and
     write nothing. Unsharded models are saved exactly as mmengine does.
+
+    Every run also gets ``FiniteLossHook``: training stops at the first
+    iteration with a non-finite loss term, before anything of it is saved.
     """
+
+    def register_hooks(self, default_hooks=None, custom_hooks=None) -> None:
+        super().register_hooks(default_hooks, custom_hooks)
+        self.register_hook(dict(type='FiniteLossHook'))
 
     def save_checkpoint(self, *args, **kwargs) -> None:
         sharded = any(isinstance(p, DTensor) for p in self.model.parameters())

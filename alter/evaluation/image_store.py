@@ -1,8 +1,9 @@
 """Generated images on disk, one PNG per prompt index, so a stopped run continues.
 
 A store is a folder ``<dir>/`` with ``00000.png, 00001.png, ...`` and
-``settings.json`` (what generated them: checkpoint, steps, seeds, ...). Reopening
-a store with other settings raises instead of mixing images of two runs.
+``settings.json`` (what generated them: the caller keys it on the prompt texts,
+weights, sampler settings, ...). Reopening a store with other settings raises
+instead of mixing images of two runs.
 Images are written atomically; metrics read the PNGs back, so they score
 exactly the 8-bit images a user would save.
 """
@@ -14,6 +15,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from alter.utils.cli import InputError
 from alter.utils.io import atomic_write, atomic_write_json
 
 SETTINGS_FILE = 'settings.json'
@@ -41,7 +43,7 @@ class ImageStore:
             if stored != json.loads(json.dumps(settings)):
                 changed = sorted(k for k in set(stored) | set(settings)
                                  if stored.get(k) != settings.get(k))
-                raise ValueError(f'{self.root} holds images generated with other settings '
+                raise InputError(f'{self.root} holds images generated with other settings '
                                  f'(differing: {changed}); use another --work-dir or delete it')
         else:
             atomic_write_json(path, settings)

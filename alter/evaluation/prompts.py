@@ -8,38 +8,67 @@
   the usual "30k COCO-2014 / 5k COCO-2017 prompts" selection;
 * CSV or TSV with a caption column (``--caption-column``, default ``caption``);
 * a text file with one prompt per line (blank lines skipped).
+
+Every file is read as UTF-8; a file that is not, or does not have its format's
+structure, raises ``InputError`` naming the file and the line or entry.
 """
 import csv
+import io
 import json
 from pathlib import Path
 from typing import Dict, List, Optional, Union
 
+from alter.utils.cli import InputError
+
 PROMPT_FORMATS = ('.json', '.csv', '.tsv', '.txt')
+COCO_FORMAT = 'COCO captions JSON ({"annotations": [{"image_id": ..., "caption": ...}, ...]})'
+
+
+def _text(path: Path) -> str:
+    try:
+        return path.read_text(encoding='utf-8')
+    except UnicodeDecodeError as error:
+        raise InputError(f'{path} is not UTF-8 text ({error.reason} at byte {error.start}); '
+                         'save it as UTF-8, e.g. iconv -f latin1 -t utf-8') from None
 
 
 def _coco(path: Path) -> List[Dict]:
-    data = json.loads(path.read_text())
+    try:
+        data = json.loads(_text(path))
+    except json.JSONDecodeError as error:
+        raise InputError(f'{path} is not valid JSON ({error}); expected {COCO_FORMAT}') from None
     if not isinstance(data, dict) or not isinstance(data.get('annotations'), list):
-        raise ValueError(f'{path}: expected COCO captions JSON with an "annotations" list of '
-                         '{"image_id": ..., "caption": ...}')
+        raise InputError(f'{path}: expected {COCO_FORMAT}')
     first: Dict[int, str] = {}
-    for ann in data['annotations']:
+    for k, ann in enumerate(data['annotations']):
+        if not (isinstance(ann, dict) and isinstance(ann.get('caption'), str)
+                and 'image_id' in ann):
+            raise InputError(f'{path}: annotation {k} has no "image_id" and "caption" string '
+                             f'(found {sorted(ann) if isinstance(ann, dict) else ann!r}); expected '
+                             f'{COCO_FORMAT}, as in captions_val2014.json (instances_*.json '
+                             'hold no captions)')
         first.setdefault(ann['image_id'], ann['caption'].strip())
     return [dict(caption=first[i], image_id=i) for i in sorted(first)]
 
 
 def _table(path: Path, column: str) -> List[Dict]:
-    with open(path, newline='', encoding='utf-8') as f:
-        reader = csv.DictReader(f, delimiter='\t' if path.suffix.lower() == '.tsv' else ',')
-        if column not in (reader.fieldnames or []):
-            raise ValueError(f'{path} has no column {column!r} (columns: {reader.fieldnames}); '
-                             'name the caption column with --caption-column')
-        return [dict(caption=row[column].strip()) for row in reader]
+    rows = csv.reader(io.StringIO(_text(path), newline=''),
+                      delimiter='\t' if path.suffix.lower() == '.tsv' else ',')
+    header = next(rows, [])
+    if column not in header:
+        raise InputError(f'{path} has no column {column!r} (columns: {header}); name the '
+                         'caption column with --caption-column')
+    prompts = []
+    for row in filter(None, rows):  # blank lines are empty rows
+        if len(row) != len(header):
+            raise InputError(f'{path}, line {rows.line_num}: {len(row)} fields where the header '
+                             f'has {len(header)}; quote fields that contain the delimiter')
+        prompts.append(dict(caption=row[header.index(column)].strip()))
+    return prompts
 
 
 def _lines(path: Path) -> List[Dict]:
-    return [dict(caption=line.strip())
-            for line in path.read_text(encoding='utf-8').splitlines() if line.strip()]
+    return [dict(caption=line.strip()) for line in _text(path).splitlines() if line.strip()]
 
 
 def load_prompts(path: Union[str, Path], limit: Optional[int] = None,
@@ -56,10 +85,10 @@ def load_prompts(path: Union[str, Path], limit: Optional[int] = None,
     elif suffix == '.txt':
         prompts = _lines(path)
     else:
-        raise ValueError(f'{path}: unknown prompt file type {suffix!r}; expected one of '
+        raise InputError(f'{path}: unknown prompt file type {suffix!r}; expected one of '
                          f'{PROMPT_FORMATS} (COCO captions JSON, CSV/TSV, one prompt per line)')
     if not prompts:
-        raise ValueError(f'{path} holds no prompts')
+        raise InputError(f'{path} holds no prompts')
     if limit is not None and limit > len(prompts):
-        raise ValueError(f'{limit} prompts asked for but {path} holds {len(prompts)}')
+        raise InputError(f'{limit} prompts asked for but {path} holds {len(prompts)}')
     return prompts[:limit]

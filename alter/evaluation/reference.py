@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from alter.registry import DATASETS
+from alter.utils.images import to_rgb
 
 IMAGE_SUFFIXES = ('.jpg', '.jpeg', '.png', '.webp', '.bmp')
 
@@ -56,7 +57,8 @@ class ReferenceImages:
         return len(self.files)
 
     def __getitem__(self, index: int) -> dict:
-        pixels = np.array(Image.open(self.files[index]).convert('RGB'))
+        with Image.open(self.files[index]) as image:
+            pixels = np.array(to_rgb(image))
         image = torch.from_numpy(pixels).permute(2, 0, 1).float() / 127.5 - 1
         if self.size is not None:
             image = resize_square(image[None], self.size)[0]

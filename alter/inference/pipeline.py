@@ -13,6 +13,7 @@ from alter.inference.experts import ExpertSet
 from alter.inference.routing import ExpertRouter
 from alter.inference.sampler import build_sampling_scheduler, initial_noise, sample
 from alter.units.macs import MacTable
+from alter.utils.cli import InputError
 
 
 class TextToImage:
@@ -23,11 +24,18 @@ class TextToImage:
         autoencoder, text_encoder: frozen components (``alter.models.conditioning``).
         noise_config: the training noise scheduler's config.
         latent_size: (h, w) of the latents.
-        router: optional ``ExpertRouter`` attached to ``unet``.
+        router: optional ``ExpertRouter`` attached to ``unet``; its routing table
+            must have one entry per training timestep of ``noise_config``.
     """
 
     def __init__(self, unet, autoencoder, text_encoder, noise_config: dict,
                  latent_size: Sequence[int], router: Optional[ExpertRouter] = None) -> None:
+        timesteps = noise_config['num_train_timesteps']
+        if router is not None and len(router.experts.route) != timesteps:
+            raise InputError(f'the routing_table of the experts has {len(router.experts.route)} '
+                             f'entries, but the noise schedule has {timesteps} training '
+                             'timesteps: the experts belong to another model; use the config '
+                             'they were trained with')
         self.unet, self.autoencoder, self.text_encoder = unet, autoencoder, text_encoder
         self.noise_config = dict(noise_config)
         self.latent_shape = (unet.config.in_channels, *latent_size)

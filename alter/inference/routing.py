@@ -60,6 +60,12 @@ class ExpertRouter:
         if names != experts.unit_names:
             raise ValueError(f'the {experts.space!r} units of this UNet ({len(names)}) do not '
                              f'match the expert file ({len(experts.unit_names)} units)')
+        paths = tuple(u.path for u in units)
+        if experts.unit_paths is not None and paths != experts.unit_paths:
+            unit = next(i for i, (a, b) in enumerate(zip(paths, experts.unit_paths)) if a != b)
+            raise ValueError(f'the {experts.space!r} units of this UNet do not match the expert '
+                             f'file: unit {names[unit]} is {paths[unit]} here but '
+                             f'{experts.unit_paths[unit]} in the file (was its space changed?)')
         if not allow_other_weights:
             check_weights(unet, experts)
         self.unet = unet

@@ -86,10 +86,22 @@ class MacTable:
         return dict(d, prunable_macs=self.prunable_macs, units=units)
 
 
+def _architecture(unet: UNet2DConditionModel) -> dict:
+    return {k: v for k, v in dict(unet.config).items() if not k.startswith('_')}
+
+
 def architecture_key(unet: UNet2DConditionModel) -> str:
     """Stable hash of a UNet's architecture (its config without private keys)."""
-    config = {k: v for k, v in dict(unet.config).items() if not k.startswith('_')}
+    config = _architecture(unet)
     return hashlib.sha1(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def architecture_difference(a: UNet2DConditionModel, b: UNet2DConditionModel) -> List[str]:
+    """The config keys in which two UNets' architectures differ, as ``key: a vs b``."""
+    config_a, config_b = _architecture(a), _architecture(b)
+    return [f'{k}: {config_a.get(k)} vs {config_b.get(k)}'
+            for k in sorted(set(config_a) | set(config_b))
+            if json.dumps(config_a.get(k), default=str) != json.dumps(config_b.get(k), default=str)]
 
 
 class _Call(nn.Module):
