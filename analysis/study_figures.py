@@ -5,8 +5,8 @@
 Writes, as PNG and PDF:
 
 * ``denoising_gap`` -- the per-timestep x0-space gap of each ablation method to the
-  teacher (``denoising_gap.csv``): the mean over seeds, with the band between the
-  seeds' lowest and highest curve;
+  teacher (``denoising_gap.csv``, study ``ablation``): the mean over seeds, with the
+  band between the seeds' lowest and highest curve;
 * ``training_length`` -- quality against training iterations for ALTER and Static
   (``results.csv``, study ``length`` and the seed-0 ablation runs), 95 % intervals as
   bars, the dense teacher with as many steps as a horizontal line.
@@ -29,18 +29,11 @@ LENGTH_METRICS = ('attribute_accuracy', 'paired_dense50/ssim', 'alignment_lit_mi
                   'fid_efficientnet_lite0')
 
 
-def run_method(run: str) -> str:
-    """Method of a study run name, e.g. ``alter-lowfreq_s1`` -> ``alter-lowfreq``."""
-    return run.rsplit('_s', 1)[0]
-
-
-def plot_denoising_gap(curves: pd.DataFrame, runs: Optional[Sequence[str]] = None) -> Figure:
-    """Gap against timestep, one line per method (mean over its seeds' runs)."""
-    if runs is not None:
-        curves = curves[curves.run.isin(runs)]
+def plot_denoising_gap(curves: pd.DataFrame, study: str = 'ablation') -> Figure:
+    """Gap against timestep, one line per method of ``study`` (mean over its seeds)."""
+    curves = curves[curves.study == study]
     if curves.empty:
-        raise ValueError('no denoising-gap curves to plot')
-    curves = curves.assign(method=curves.run.map(run_method))
+        raise ValueError(f'no denoising-gap curves of the {study!r} runs to plot')
     fig = Figure(figsize=(8, 5), layout='constrained')
     ax = fig.add_subplot()
     colors = colormaps['tab10'].colors
@@ -62,17 +55,19 @@ def plot_denoising_gap(curves: pd.DataFrame, runs: Optional[Sequence[str]] = Non
 
 def plot_training_length(results: pd.DataFrame,
                          metrics: Sequence[str] = LENGTH_METRICS) -> Figure:
-    """Each metric against training iterations for the methods of the ``length`` study."""
-    runs = results[results.iters.notna() & (results.steps == 20) & (results.seed == 0)
-                   & (results.sparsity == 0.35)]
-    dense = results[(results.run == 'dense') & (results.steps == 20)]
+    """Each metric against training iterations for ALTER and Static: the seed-0 runs of
+    the ``length`` and ``ablation`` studies, sampled with the study's few steps."""
+    runs = results[results.study.isin(['length', 'ablation']) & (results.seed == 0)]
+    steps = runs.steps.mode().iloc[0] if len(runs) else None
+    runs = runs[runs.steps == steps]
+    dense = results[(results.run == 'dense') & (results.steps == steps)]
     metrics = [m for m in metrics if m in results]
     fig = Figure(figsize=(4.2 * len(metrics), 4), layout='constrained')
     colors = colormaps['tab10'].colors
     for j, metric in enumerate(metrics):
         ax = fig.add_subplot(1, len(metrics), j + 1)
         for i, (method, group) in enumerate(runs.groupby('method', sort=False)):
-            if method.split('-')[0] not in ('ALTER', 'Static') or 'lowfreq' in method:
+            if method not in (f'ALTER-{steps}', f'Static-{steps}'):
                 continue
             group = group.sort_values('iters')
             errors = None
@@ -82,7 +77,7 @@ def plot_training_length(results: pd.DataFrame,
             ax.errorbar(group.iters, group[metric], yerr=errors, marker='o', capsize=3,
                         color=colors[i % 10], label=method)
         if len(dense) and metric in dense:
-            ax.axhline(dense[metric].iloc[0], color='0.4', linestyle='--', label='dense-20')
+            ax.axhline(dense[metric].iloc[0], color='0.4', linestyle='--', label=f'dense-{steps}')
         ax.set_xscale('log')
         ax.set_xlabel('training iterations')
         ax.set_title(metric, fontsize=9)
@@ -100,12 +95,10 @@ def main(argv: Optional[Sequence[str]] = None) -> List[Path]:
     study: PathLike = Path(args.study)
     written: List[Path] = []
     curves = study / 'denoising_gap.csv'
-    if curves.exists():
-        ablation = [r for r in pd.read_csv(curves).run.unique() if '_i' not in r and '_p' not in r]
-        written += save_figure(plot_denoising_gap(pd.read_csv(curves), ablation), args.out,
-                               'denoising_gap')
+    if curves.exists() and (pd.read_csv(curves).study == 'ablation').any():
+        written += save_figure(plot_denoising_gap(pd.read_csv(curves)), args.out, 'denoising_gap')
     results = study / 'results.csv'
-    if results.exists():
+    if results.exists() and pd.read_csv(results).study.isin(['ablation', 'length']).any():
         written += save_figure(plot_training_length(pd.read_csv(results)), args.out,
                                'training_length')
     print('\n'.join(map(str, written)))

@@ -287,21 +287,23 @@ def write_study_tables(study: Path) -> None:
     """A study folder as tools/study.py writes it: gap curves and results rows."""
     study.mkdir(parents=True)
     grid = np.arange(10, 1000, 20)
-    curves = [dict(run=f'{method}_s{seed}', timestep=t, mean=scale * (1 + t / 1000),
+    curves = [dict(run=f'{method.lower()}_i2000_s{seed}', method=method, study='ablation',
+                   seed=seed, iters=2000, sparsity=0.35, timestep=t, mean=scale * (1 + t / 1000),
                    ci_low=scale, ci_high=2 * scale)
-              for method, scale in (('alter', 1e-3), ('static', 2e-3)) for seed in (0, 1)
+              for method, scale in (('ALTER', 1e-3), ('Static', 2e-3)) for seed in (0, 1)
               for t in grid]
-    curves += [dict(run='alter_i300_s0', timestep=t, mean=5e-3, ci_low=4e-3, ci_high=6e-3)
+    curves += [dict(run='alter_i300_s0', method='ALTER', study='length', seed=0, iters=300,
+                    sparsity=0.35, timestep=t, mean=5e-3, ci_low=4e-3, ci_high=6e-3)
                for t in grid]
     pd.DataFrame(curves).to_csv(study / 'denoising_gap.csv', index=False)
-    rows = [dict(run='dense', method='dense-20', steps=20, seed=np.nan, iters=np.nan,
-                 sparsity=np.nan, attribute_accuracy=0.8, attribute_accuracy_ci_low=0.78,
-                 attribute_accuracy_ci_high=0.82)]
-    for method in ('ALTER', 'Static'):
+    rows = [dict(run='dense', study='dense', method='dense-20', steps=20, seed=np.nan,
+                 iters=np.nan, sparsity=np.nan, attribute_accuracy=0.8,
+                 attribute_accuracy_ci_low=0.78, attribute_accuracy_ci_high=0.82)]
+    for method in ('ALTER', 'Static', 'ALTER-lowfreq'):
         for iters, acc in ((300, 0.3), (1000, 0.5), (2000, 0.6), (4000, 0.7)):
-            name = f'{method.lower()}{"" if iters == 2000 else f"_i{iters}"}_s0'
-            rows.append(dict(run=name, method=f'{method}-20', steps=20, seed=0, iters=iters,
-                             sparsity=0.35, attribute_accuracy=acc,
+            rows.append(dict(run=f'{method.lower()}_i{iters}_s0', method=f'{method}-20',
+                             study='ablation' if iters == 2000 else 'length', steps=20, seed=0,
+                             iters=iters, sparsity=0.35, attribute_accuracy=acc,
                              attribute_accuracy_ci_low=acc - 0.03,
                              attribute_accuracy_ci_high=acc + 0.03))
     pd.DataFrame(rows).to_csv(study / 'results.csv', index=False)
@@ -314,11 +316,16 @@ def test_study_figures_script(tmp_path):
     assert_figures(tmp_path / 'out', 'training_length')
     assert len(written) == 4
     curves = pd.read_csv(tmp_path / 'study' / 'denoising_gap.csv')
-    fig = study_figures.plot_denoising_gap(curves, ['alter_s0', 'alter_s1', 'static_s0'])
+    fig = study_figures.plot_denoising_gap(curves)  # the ablation runs only
     labels = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
-    assert labels == ['alter (2 seeds)', 'static (1 seeds)']
-    with pytest.raises(ValueError, match='no denoising-gap curves'):
-        study_figures.plot_denoising_gap(curves, ['missing_s0'])
+    assert labels == ['ALTER (2 seeds)', 'Static (2 seeds)']
+    assert len(fig.axes[0].lines) == 2
+    with pytest.raises(ValueError, match="no denoising-gap curves of the 'sparsity' runs"):
+        study_figures.plot_denoising_gap(curves, 'sparsity')
+    fig = study_figures.plot_training_length(pd.read_csv(tmp_path / 'study' / 'results.csv'))
+    lines = fig.axes[0].get_legend().get_texts()
+    assert sorted(t.get_text() for t in lines) == ['ALTER-20', 'Static-20', 'dense-20']
+    assert [len(c[0].get_xdata()) for c in fig.axes[0].containers] == [4, 4]  # 4 lengths each
 
 
 def test_script_runs_as_a_file_without_training_code(tmp_path):

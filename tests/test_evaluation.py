@@ -18,7 +18,7 @@ from alter.evaluation.alignment import (AlignmentScorer, SentenceEmbedder, load_
 from alter.evaluation.attributes import (AttributeClassifier, colour_maps,
                                          load_attribute_classifier, relation_of, score,
                                          slot_targets, summarise)
-from alter.evaluation.distances import (FeatureStats, frechet_distance,
+from alter.evaluation.distances import (FeatureStats, FrechetReference, frechet_distance,
                                         kernel_inception_distance, mmd2_unbiased)
 from alter.evaluation.features import (EfficientNetLite0Features, FeatureExtractor,
                                        FIDInceptionA, FIDInceptionEMaxPool, InceptionFeatures,
@@ -52,6 +52,21 @@ def test_frechet_distance_matches_scipy_sqrtm():
     covmean = scipy.linalg.sqrtm(s1 @ s2).real
     expected = ((mu1 - mu2) ** 2).sum() + np.trace(s1) + np.trace(s2) - 2 * np.trace(covmean)
     assert frechet_distance(mu1, s1, mu2, s2) == pytest.approx(expected, rel=1e-6)
+
+
+@pytest.mark.parametrize('num', [7, 40])  # fewer and more samples than dimensions
+def test_frechet_reference_of_features_equals_the_covariance_form(num):
+    rng = np.random.default_rng(3)
+    reference = rng.normal(size=(50, 24)) @ rng.normal(size=(24, 24))
+    frechet = FrechetReference(reference.mean(0), np.cov(reference, rowvar=False))
+    features = rng.normal(size=(num, 24)) * 2 + 1
+    expected = frechet_distance(features.mean(0), np.cov(features, rowvar=False),
+                                reference.mean(0), np.cov(reference, rowvar=False))
+    assert frechet.feature_distance(features) == pytest.approx(expected, rel=1e-7)
+    assert frechet.distance(features.mean(0), np.cov(features, rowvar=False)) == \
+        pytest.approx(expected, rel=1e-7)
+    with pytest.raises(ValueError, match=r'expected features \(N >= 2, 24\)'):
+        frechet.feature_distance(features[:1])
 
 
 def test_frechet_distance_closed_forms():

@@ -1,13 +1,20 @@
 """The embedded benchmark end to end: train ALTER from the shipped teacher, then
-compare dense-50, dense-20 and ALTER-20 on the same prompts and seeds.
+compare it on the same prompts and seeds with the dense teacher (and with a longer
+trained ALTER checkpoint, ``--shipped``).
 
     python tools/demo.py [--work-dir work_dirs/demo] [--seed 0] [--num-prompts 300]
+        [--threads 1] [--shipped CHECKPOINT]
 
-Prints a table (keep ratio, MACs per generation, measured speedups, proxy
-FID/KID, attribute accuracy, alignment) and writes ``results.json`` and
-``grid.png`` (prompts x methods) into the work dir. The quality metrics are
-the benchmark's proxies (EfficientNet-Lite0 features, a trained attribute
-classifier, a LiT-style MiniLM/EfficientNet scorer), not Inception FID or CLIP.
+Methods: dense-50, dense-20, dense-13 (the dense step count with ALTER-20's MACs),
+``ALTER-20 (this run)`` -- the demo's own short training run -- and, with
+``--shipped``, ``ALTER-20 (shipped)`` -- e.g. a checkpoint of ``tools/study.py``'s
+2,000-iteration runs (``work_dirs/study/alter_i2000_s0/checkpoint``). Prints a table (keep ratio, MACs per generation, measured speedups,
+proxy FID/KID, attribute accuracy, alignment, SSIM to dense-50, each with its bootstrap
+95 % interval over prompts) and writes ``results.json`` and ``grid.png`` (prompts x
+methods) into the work dir. The quality metrics are the benchmark's proxies
+(EfficientNet-Lite0 features, a trained attribute classifier, a LiT-style
+MiniLM/EfficientNet scorer), not Inception FID or CLIP. Everything runs on ``--threads``
+threads (default 1), so the numbers do not depend on the machine's core count.
 """
 import argparse
 import platform
@@ -22,6 +29,7 @@ from mmengine.runner import Runner
 from alter.engine.checkpoint import trust_local_checkpoints
 from alter.evaluation.benchmark import (BenchmarkEvaluator, benchmark_prompts, default_metrics,
                                        grid_figure)
+from alter.evaluation.image_store import from_uint8, to_uint8
 from alter.inference.experts import load_experts, load_unet, save_checkpoint
 from alter.inference.pipeline import TextToImage, generation_gmacs
 from alter.inference.routing import ExpertRouter
@@ -36,6 +44,10 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument('--seed', type=int, default=0, help='training and sampling seed')
     parser.add_argument('--num-prompts', type=int, default=300)
     parser.add_argument('--steps', type=int, nargs=2, default=(50, 20), metavar=('DENSE', 'FEW'))
+    parser.add_argument('--shipped', default='',
+                        help='a trained ALTER checkpoint to compare with (default: none)')
+    parser.add_argument('--threads', type=int, default=1,
+                        help='torch threads for training, sampling and timing')
     parser.add_argument('--guidance', type=float, default=3.0)
     parser.add_argument('--scheduler', default='ddim')
     parser.add_argument('--timing-repeats', type=int, default=3)
@@ -75,6 +87,7 @@ def time_generations(methods: dict, captions, seeds, args) -> dict:
 
 def main() -> None:
     args = parse_args()
+    torch.set_num_threads(args.threads)
     work_dir = Path(args.work_dir)
     started = time.perf_counter()
     stage_seconds = {}
@@ -90,48 +103,56 @@ def main() -> None:
     stage_seconds['train'] = time.perf_counter() - started
     model.eval()
 
-    # The deployable artifact, loaded back as a user would: one UNet + expert file.
-    experts = load_experts(checkpoint)
-    student = load_unet(checkpoint).eval()
-    router = ExpertRouter(student, experts)
+    # The deployable artifacts, loaded back as a user would: one UNet + expert file each.
     dense = TextToImage.from_model(model, unet=model.teacher)
-    alter = TextToImage.from_model(model, unet=student, router=router)
     dense_steps, few_steps = args.steps
-    methods = {f'dense-{dense_steps}': (dense, dense_steps),
-               f'dense-{few_steps}': (dense, few_steps),
-               f'ALTER-{few_steps}': (alter, few_steps)}
+    equal_macs = round(few_steps * load_experts(checkpoint).keep_ratios(model.costs)['fvcore'])
+    methods = {f'dense-{dense_steps}': (dense, dense_steps, None),
+               f'dense-{few_steps}': (dense, few_steps, None),
+               f'dense-{equal_macs}': (dense, equal_macs, None)}
+    alters = {f'ALTER-{few_steps} (this run)': checkpoint}
+    if args.shipped:
+        alters[f'ALTER-{few_steps} (shipped)'] = Path(args.shipped)
+    for name, path in alters.items():
+        experts, student = load_experts(path), load_unet(path).eval()
+        methods[name] = (TextToImage.from_model(model, unet=student,
+                                                router=ExpertRouter(student, experts)),
+                         few_steps, experts)
 
     samples, captions, seeds = benchmark_prompts(args.num_prompts, args.seed)
 
     t0 = time.perf_counter()
-    images = {name: generate(captions, seeds, steps, args.guidance, args.scheduler)
-              for name, (generate, steps) in methods.items()}
+    images = {name: from_uint8(to_uint8(generate(captions, seeds, steps, args.guidance,
+                                                 args.scheduler)))  # scored as saved: 8-bit
+              for name, (generate, steps, _) in methods.items()}
     stage_seconds['sample'] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
-    per_generation = time_generations(methods, captions[:args.timing_batch],
-                                      seeds[:args.timing_batch], args)
+    per_generation = time_generations({n: m[:2] for n, m in methods.items()},
+                                      captions[:args.timing_batch], seeds[:args.timing_batch],
+                                      args)
     stage_seconds['timing'] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
-    evaluator = BenchmarkEvaluator(default_metrics(len(samples)))
-    quality = {name: evaluator(imgs, samples) for name, imgs in images.items()}
+    reference = f'dense-{dense_steps}'
+    evaluator = BenchmarkEvaluator(default_metrics(len(samples)) + [
+        dict(type='PairedFidelity', reference_key='dense_image', name=reference)])
+    quality = {name: evaluator(imgs, samples, {'dense_image': images[reference]})
+               for name, imgs in images.items()}
     stage_seconds['evaluate'] = time.perf_counter() - t0
 
     rows = []
     noise_config = model.scheduler.config
-    base = f'dense-{dense_steps}'
-    for name, (_, steps) in methods.items():
-        routed = experts if name.startswith('ALTER') else None
+    for name, (_, steps, experts) in methods.items():
         rows.append(dict(
             method=name, steps=steps,
-            keep_ratio=experts.keep_ratio['fvcore'] if routed else 1.0,
-            **generation_gmacs(model.costs, steps, args.scheduler, noise_config, routed),
+            keep_ratio=experts.keep_ratios(model.costs)['fvcore'] if experts else 1.0,
+            **generation_gmacs(model.costs, steps, args.scheduler, noise_config, experts),
             seconds_per_generation=per_generation[name],
             **quality[name]))
     for row in rows:
         row['macs_vs_dense_50'] = row['gmacs_per_generation'] / rows[0]['gmacs_per_generation']
-        row['speedup_vs_dense_50'] = per_generation[base] / row['seconds_per_generation']
+        row['speedup_vs_dense_50'] = per_generation[reference] / row['seconds_per_generation']
         row['speedup_vs_dense_20'] = (per_generation[f'dense-{few_steps}'] /
                                       row['seconds_per_generation'])
 
@@ -140,14 +161,17 @@ def main() -> None:
         rows=rows, stage_seconds=stage_seconds,
         settings=dict(config=args.config, seed=args.seed, num_prompts=len(samples),
                       prompt_split='val', scheduler=args.scheduler, guidance=args.guidance,
-                      cfg_options=args.cfg_options, timing_batch=args.timing_batch,
-                      timing_repeats=args.timing_repeats, threads=torch.get_num_threads(),
+                      cfg_options=args.cfg_options, shipped=args.shipped,
+                      timing_batch=args.timing_batch, timing_repeats=args.timing_repeats,
+                      threads=torch.get_num_threads(),
                       machine=platform.processor() or platform.machine(),
                       metrics_note='proxy metrics of the embedded benchmark: FID/KID on '
                                    'EfficientNet-Lite0 features, attribute accuracy of a '
-                                   'trained classifier, LiT-style MiniLM/EfficientNet alignment'),
-        experts=dict(keep_ratio=experts.keep_ratio, num_experts=experts.num_experts,
-                     routing_table=list(experts.route)))
+                                   'trained classifier, LiT-style MiniLM/EfficientNet alignment; '
+                                   '*_ci_low/*_ci_high: bootstrap 95 % intervals over prompts'),
+        experts={name: dict(keep_ratio=methods[name][2].keep_ratios(model.costs),
+                            num_experts=methods[name][2].num_experts,
+                            routing_table=list(methods[name][2].route)) for name in alters})
     atomic_write_json(work_dir / 'results.json', results)
     grid_figure(torch.stack([s['image'] for s in samples[:8]]),
                 {n: imgs[:8] for n, imgs in images.items()}, captions[:8], work_dir / 'grid.png')
@@ -160,16 +184,23 @@ def print_table(rows) -> None:
     columns = [('method', '{}'), ('keep_ratio', '{:.3f}'), ('gmacs_per_generation', '{:.2f}'),
                ('macs_vs_dense_50', '{:.3f}'), ('seconds_per_generation', '{:.3f}'),
                ('speedup_vs_dense_50', '{:.2f}x'), ('speedup_vs_dense_20', '{:.2f}x')]
-    # Headline metrics; per-attribute accuracies and KID's spread are in results.json.
-    columns += [(k, '{:.4g}') for k in rows[0] if k.startswith(('fid_', 'kid_', 'alignment_'))
-                and not k.endswith('_std')] + [('attribute_accuracy', '{:.3f}')]
     table = [[fmt.format(row[key]) for key, fmt in columns] for row in rows]
+    # Headline metrics with their intervals; per-attribute accuracies are in results.json.
+    quality = [k for k in rows[0] if k.startswith(('fid_', 'alignment_', 'paired_'))
+               and k.endswith(('_efficientnet_lite0', '_effnet', '/ssim'))] + ['attribute_accuracy']
+    for key in quality:
+        columns.append((key, ''))
+        for row, cells in zip(rows, table):
+            cells.append(f'{row[key]:.3g} [{row[f"{key}_ci_low"]:.3g}, {row[f"{key}_ci_high"]:.3g}]'
+                         if f'{key}_ci_low' in row else f'{row[key]:.3g}')
     widths = [max(len(key), *(len(r[i]) for r in table)) for i, (key, _) in enumerate(columns)]
     print('  '.join(key.ljust(w) for (key, _), w in zip(columns, widths)))
     for r in table:
         print('  '.join(v.ljust(w) for v, w in zip(r, widths)))
     print('(MACs per generation: fvcore convention, classifier-free guidance = 2 UNet calls '
-          'per step; quality columns are the benchmark\'s proxies)')
+          'per step; quality columns are the benchmark\'s proxies, [bootstrap 95 % interval '
+          'over prompts]; paired_<reference>/ssim compares each image with the first row\'s '
+          'from the same prompt and noise)')
 
 
 if __name__ == '__main__':

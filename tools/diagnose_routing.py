@@ -34,6 +34,7 @@ import pandas as pd
 import torch
 from diffusers.models.embeddings import get_timestep_embedding
 
+from alter.datasets.latent_cache import cache_cfg_options
 from alter.models.alter import routing_segments
 from alter.models.hypernet import HyperNetwork
 from alter.utils.io import atomic_write
@@ -48,6 +49,8 @@ TRAINING_VARIANTS: Dict[str, List[str]] = {
     'no balance term': ['model.loss_weights.balance=0'],
     'routing temperature 1.0': ['model.hypernet.route_tau=1.0'],
     f'slow router input (min_period={SLOW})': [f'model.hypernet.router.min_period={SLOW}'],
+    'smoothness penalty, weight 1': ['model.loss_weights.smooth=1.0'],
+    'smoothness penalty, weight 10': ['model.loss_weights.smooth=10.0'],
 }
 
 
@@ -78,7 +81,8 @@ def init_rows(seeds: int = 5) -> List[dict]:
     return rows
 
 
-def train_variant(name: str, options: List[str], iters: int, work_dir: Path) -> Path:
+def train_variant(name: str, options: List[str], iters: int, work_dir: Path,
+                  cache: Optional[str]) -> Path:
     """The hypernetwork phase of the embedded config with ``options``; its work dir."""
     run_dir = work_dir / re.sub(r'[^a-z0-9]+', '_', name.lower()).strip('_')
     if sorted(run_dir.glob('*/vis_data/scalars.json')) and (run_dir / 'experts.json').exists():
@@ -89,7 +93,7 @@ def train_variant(name: str, options: List[str], iters: int, work_dir: Path) -> 
         subprocess.run([sys.executable, 'tools/train.py', CONFIG, '--work-dir', str(run_dir),
                         '--cfg-options', f'train_cfg.max_iters={iters}',
                         f'model.hypernet_iters={iters}', 'default_hooks.logger.interval=20',
-                        *options],
+                        *(cache_cfg_options(cache) if cache else []), *options],
                        check=True, env=env, stdout=log, stderr=subprocess.STDOUT)
     return run_dir
 
@@ -110,14 +114,18 @@ def main() -> None:
     parser.add_argument('--work-dir', default='work_dirs/routing_diagnosis')
     parser.add_argument('--iters', type=int, default=600, help='hypernetwork updates per run')
     parser.add_argument('--jobs', type=int, default=2, help='training runs side by side')
+    parser.add_argument('--cache', default='work_dirs/shapes_cache',
+                        help="latent cache the runs train on (configs/_base_/datasets/"
+                        "shapes_t2i_cache.py says how to make it); 'none': render and encode")
     args = parser.parse_args()
+    cache = None if args.cache == 'none' else args.cache
     torch.set_num_threads(1)
     rows = init_rows()
     work_dir = Path(args.work_dir)
     print(f'training {len(TRAINING_VARIANTS)} variants ({args.jobs} at a time, logs in '
           f'{work_dir}/*/train.log)', flush=True)
     with ThreadPoolExecutor(max_workers=args.jobs) as pool:
-        run_dirs = list(pool.map(lambda item: train_variant(*item, args.iters, work_dir),
+        run_dirs = list(pool.map(lambda item: train_variant(*item, args.iters, work_dir, cache),
                                  TRAINING_VARIANTS.items()))
     for name, run_dir in zip(TRAINING_VARIANTS, run_dirs):
         rows += training_rows(run_dir, name)

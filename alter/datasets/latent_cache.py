@@ -39,6 +39,16 @@ MANIFEST = 'cache.json'
 TENSORS = ('latents', 'context')
 
 
+def cache_cfg_options(root: PathLike) -> List[str]:
+    """``--cfg-options`` that make an ALTER or teacher config train on the cache at
+    ``root`` instead of rendering and encoding every batch (no encoders are built)."""
+    return ['train_dataloader.dataset._delete_=True',
+            'train_dataloader.dataset.type=LatentCacheDataset',
+            f'train_dataloader.dataset.root={root}',
+            'train_dataloader.collate_fn.type=default_collate',
+            'model.autoencoder=None', 'model.text_encoder=None']
+
+
 def shard_path(root: PathLike, shard: int) -> Path:
     return Path(root) / f'{shard:05d}.safetensors'
 

@@ -120,9 +120,31 @@ class FrechetReference:
             raise ValueError(f'shape mismatch: mu {mu.shape} / {self.mu.shape}, '
                              f'sigma {sigma.shape} / {self.sigma.shape}')
         eigenvalues = np.linalg.eigvalsh(self.root @ sigma @ self.root)
+        return self._distance(mu, np.trace(sigma), eigenvalues)
+
+    def feature_distance(self, features: np.ndarray) -> float:
+        """Fréchet distance of the Gaussian fitted to ``features`` (N, D) (mean, unbiased
+        covariance) to the reference; equal to ``distance(mean, cov)``.
+
+        With centred features X, ``S2^(1/2) S1 S2^(1/2) = B^T B`` for ``B = X S2^(1/2) /
+        sqrt(N - 1)``, whose nonzero eigenvalues are those of ``B B^T`` (N x N): with
+        fewer samples than dimensions (a bootstrap of 1,000 images in 1,280-d) the
+        eigen-decomposition is of the smaller matrix.
+        """
+        features = np.asarray(features, np.float64)
+        if features.ndim != 2 or features.shape[1] != self.mu.shape[0] or len(features) < 2:
+            raise ValueError(f'expected features (N >= 2, {self.mu.shape[0]}), got '
+                             f'{features.shape}')
+        mu = features.mean(0)
+        centred = (features - mu) / np.sqrt(len(features) - 1)
+        b = centred @ self.root
+        gram = b @ b.T if len(b) < b.shape[1] else b.T @ b
+        return self._distance(mu, np.square(centred).sum(), np.linalg.eigvalsh(gram))
+
+    def _distance(self, mu: np.ndarray, trace: float, eigenvalues: np.ndarray) -> float:
         trace_sqrt = np.sqrt(np.clip(eigenvalues, 0, None)).sum()
         diff = mu - self.mu
-        return float(diff @ diff + np.trace(sigma) + self.trace - 2 * trace_sqrt)
+        return float(diff @ diff + trace + self.trace - 2 * trace_sqrt)
 
 
 def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray,

@@ -159,12 +159,8 @@ class ProxyFID(_FeatureDistanceMetric):
         reference = FeatureStats.load(self.reference_stats) if self.reference_stats else \
             FeatureStats.of(self.reference_features())
         frechet = FrechetReference(reference.mean, reference.cov)
-
-        def fid(features: np.ndarray) -> float:
-            stats = FeatureStats.of(features)
-            return frechet.distance(stats.mean, stats.cov)
-
-        return self.with_interval(f'fid_{self.extractor.name}', fid, np.stack(results))
+        return self.with_interval(f'fid_{self.extractor.name}', frechet.feature_distance,
+                                  np.stack(results))
 
 
 @METRICS.register_module()

@@ -1,7 +1,10 @@
 # ALTER on the embedded benchmark (Shapes-T2I): 4 experts, sparsity 0.35, from the
-# committed dense teacher (checkpoints/shapes_teacher), the paper's loss weights.
-# Sized for the demo on a 2-core CPU: 300 iterations at batch 16, T_end = 200; a longer run:
-#   --cfg-options train_cfg.max_iters=1200 model.hypernet_iters=800
+# committed dense teacher (checkpoints/shapes_teacher); the paper's loss weights except
+# the budget's: lambda_ratio = 25 (the paper: 5). On this model the feature-KD term is
+# 5-10x its scale on SD2.1, and with 5 the hypernetwork leaves every unit on (keep ratio
+# 1.0 after 600 updates); with 25 it reaches the budget in ~150 updates (docs/results.md).
+# Sized for the demo on a 2-core CPU: 400 iterations at batch 16, T_end = 200;
+# tools/study.py trains it 300-4000 iterations with T_end at 30 % of them.
 _base_ = [
     '../_base_/models/shapes_ldm.py', '../_base_/datasets/shapes_t2i.py',
     '../_base_/default_runtime.py'
@@ -19,12 +22,12 @@ model = dict(
         router=dict(type='HyperNetRouter'),
         estimator='straight_through'),
     regularizer=dict(type='LogRatio'),
-    loss_weights=dict(denoise=1e-4, out_kd=1.0, feat_kd=1.0, ratio=5.0, balance=1.0),
+    loss_weights=dict(denoise=1e-4, out_kd=1.0, feat_kd=1.0, ratio=25.0, balance=1.0),
     schedule='joint',
     cond_dropout=0.1)
 
 train_dataloader = dict(batch_size=16)
-train_cfg = dict(type='IterBasedTrainLoop', max_iters=300)
+train_cfg = dict(type='IterBasedTrainLoop', max_iters=400)
 optim_wrapper = dict(
     constructor='SubmoduleOptimWrapperConstructor',
     unet=dict(type='OptimWrapper', optimizer=dict(type='AdamW', lr=1e-4, weight_decay=0.01)),

@@ -1,24 +1,25 @@
 # The embedded benchmark's dense teacher: plain diffusion training of the mini LDM on
-# Shapes-T2I with 10 % caption dropout for classifier-free guidance.
-# Phase 1 of 2: python tools/train.py configs/teacher/shapes_dense.py --work-dir work_dirs/shapes_dense
-# then configs/teacher/shapes_dense_continue.py (2000 more iterations), whose export is the
-# shipped checkpoints/shapes_teacher.
-# The checkpoint's weights are the EMA weights (decay 0.995, a ~200-iteration horizon).
+# Shapes-T2I with 10 % caption dropout for classifier-free guidance, on the latent cache of
+# configs/_base_/datasets/shapes_t2i_cache.py (make it first, with the command written there):
+#   python tools/train.py configs/teacher/shapes_dense.py --work-dir work_dirs/shapes_teacher
+#   python tools/export.py work_dirs/shapes_teacher/iter_12000.pth --half \
+#       --out checkpoints/shapes_teacher
+# The checkpoint's weights are the EMA weights (decay 0.999, a ~1000-iteration horizon).
 _base_ = [
-    '../_base_/models/shapes_ldm.py', '../_base_/datasets/shapes_t2i.py',
+    '../_base_/models/shapes_ldm.py', '../_base_/datasets/shapes_t2i_cache.py',
     '../_base_/default_runtime.py'
 ]
 
 model = dict(type='LatentDiffusion', cond_dropout=0.1, seed=0)
 
-train_cfg = dict(type='IterBasedTrainLoop', max_iters=1500)
+train_cfg = dict(type='IterBasedTrainLoop', max_iters=12000)
 optim_wrapper = dict(
     constructor='SubmoduleOptimWrapperConstructor',
     unet=dict(type='OptimWrapper', optimizer=dict(type='AdamW', lr=1e-3, weight_decay=0.01),
               clip_grad=dict(max_norm=1.0)))
 param_scheduler = dict(unet=[
-    dict(type='LinearLR', start_factor=0.01, by_epoch=False, begin=0, end=100),
-    dict(type='CosineAnnealingLR', eta_min=1e-4, by_epoch=False, begin=100, end=1500),
+    dict(type='LinearLR', start_factor=0.01, by_epoch=False, begin=0, end=200),
+    dict(type='CosineAnnealingLR', eta_min=5e-5, by_epoch=False, begin=200, end=12000),
 ])
-custom_hooks = [dict(type='EMAHook', momentum=5e-3, update_buffers=False)]
-default_hooks = dict(logger=dict(interval=50), checkpoint=dict(interval=500, max_keep_ckpts=2))
+custom_hooks = [dict(type='EMAHook', momentum=1e-3, update_buffers=False)]
+default_hooks = dict(logger=dict(interval=50), checkpoint=dict(interval=1000, max_keep_ckpts=3))
