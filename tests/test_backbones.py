@@ -8,8 +8,9 @@ from mmengine.config import Config
 
 from alter.inference.experts import expert_record
 from alter.inference.grids import DiscreteGrid, SigmaGrid
+from alter.models.conditioning import SDAutoencoder
 from alter.models.objectives import FlowMatchingObjective, LearnedSigmaObjective
-from alter.registry import MODELS, PRUNING_SPACES
+from alter.registry import BACKBONES, MODELS, OBJECTIVES, PRUNING_SPACES
 from alter.units.backbones import backbone_of
 from alter.units.gating import UnitGating
 from alter.units.macs import count_module_macs, mac_table
@@ -17,6 +18,7 @@ from alter.units.macs import count_module_macs, mac_table
 from .backbone_presets import (DDPM, FAMILIES, FLOW, TRANSFORMERS, alter_config, build_denoiser,
                                example_inputs, preset)
 from .conftest import ROOT
+from .test_sd21_smoke import TINY_VAE
 from .test_alter_training import _optim
 
 # Units of the tiny presets: (name, kind, bypass) in execution order.
@@ -28,6 +30,15 @@ UNITS = {
     'flux': [('double.0', 'joint', 'joint'), ('double.1', 'joint', 'joint'),
              ('single.0', 'single', 'joint'), ('single.1', 'single', 'joint')],
 }
+
+
+def test_every_registered_family_and_objective_has_a_tiny_preset():
+    """The shared contract tests below run every adapter and objective: a new family
+    needs its preset in tests/backbone_presets.py."""
+    families = {type(build_denoiser(f)).__name__ for f in FAMILIES}
+    assert families == set(BACKBONES.known_names())
+    objectives = {preset(f).get('objective', dict(type='DDPMObjective'))['type'] for f in FAMILIES}
+    assert objectives == set(OBJECTIVES.known_names())
 
 
 def _units(model, space='paper'):
@@ -305,6 +316,18 @@ def test_text_encoders_build_random_and_load_from_a_pipeline_folder(tmp_path, fa
     assert states.shape == (2, random.context_length, random.dim)
     denoiser = build_denoiser(family)
     assert random.dim == backbone_of(denoiser).context_dim(denoiser)
+
+
+def test_sd3_and_flux_autoencoders_shift_their_latents():
+    """latent = (posterior sample - shift) * scaling, as StableDiffusion3Pipeline undoes it."""
+    vae = SDAutoencoder(load_weights=False, arch=dict(TINY_VAE, latent_channels=16,
+                                                      scaling_factor=1.5305, shift_factor=0.0609))
+    images = torch.rand(2, 3, 16, 16) * 2 - 1
+    with torch.no_grad():
+        latents = vae.encode(images, torch.zeros(2, 16, 2, 2))
+        mean = vae.vae.encode(images).latent_dist.mean
+        torch.testing.assert_close(latents, (mean - 0.0609) * 1.5305)
+        torch.testing.assert_close(vae.decode(latents), vae.vae.decode(mean).sample)
 
 
 def test_conditioning_outputs_are_the_pipelines_layout():

@@ -4,7 +4,8 @@
 # pooled text embeds, add_time_ids), 83 `paper` units (13 resnets, 70 transformer blocks;
 # 24 in the `block` space).
 # Assumed (the paper trains SD2.1 only): SD2.1's hyper-parameters carry over; global batch
-# 64 as 8 GPUs x 8 (tools/estimate_memory.py; README); time ids (1024, 1024, 0, 0, 1024, 1024).
+# 64 as 8 GPUs x 8, with --fsdp (README, Supported backbones: 54 GiB of static parts per GPU
+# under DDP before activations); time ids (1024, 1024, 0, 0, 1024, 1024).
 # Weights: --cfg-options model.pretrained=/path/to/stable-diffusion-xl-base-1.0 (a local
 # diffusers pipeline folder: unet/, vae/, text_encoder/, text_encoder_2/, tokenizer/,
 # tokenizer_2/).
