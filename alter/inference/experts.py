@@ -104,6 +104,17 @@ def _registered_spaces() -> str:
 
 # field -> (required, check, what the check expects, or a function saying it); masks and
 # routing table are checked against each other by ExpertSet.from_dict.
+def _is_grid(value: Any) -> bool:
+    """A ``timestep_grid`` record that builds a registered grid (its fields valid)."""
+    if not isinstance(value, dict) or value.get('type') not in TIMESTEP_GRIDS.known_names():
+        return False
+    try:
+        TIMESTEP_GRIDS.build(dict(value, num_rows=1))
+    except (TypeError, ValueError):
+        return False
+    return True
+
+
 EXPERTS_SCHEMA: Dict[str, Tuple[bool, Callable[[Any], bool], Any]] = {
     'format_version': (True, lambda v: v == EXPERTS_FORMAT, f'{EXPERTS_FORMAT}'),
     'architecture': (True, lambda v: isinstance(v, dict) and isinstance(v.get('key'), str),
@@ -126,10 +137,10 @@ EXPERTS_SCHEMA: Dict[str, Tuple[bool, Callable[[Any], bool], Any]] = {
     'context_length': (False, lambda v: _is_int(v, 1), 'a positive integer (tokens)'),
     'step': (False, lambda v: _is_int(v), 'a non-negative integer'),
     # Absent: the DDPM grid (round(t)), the grid of every UNet checkpoint.
-    'timestep_grid': (False, lambda v: isinstance(v, dict) and
-                      v.get('type') in TIMESTEP_GRIDS.known_names(),
+    'timestep_grid': (False, lambda v: _is_grid(v),
                       lambda: 'an object naming a registered timestep grid ("type": one of '
-                      f'{", ".join(TIMESTEP_GRIDS.known_names())})'),
+                      f'{", ".join(TIMESTEP_GRIDS.known_names())}) and its fields '
+                      '(SigmaGrid: a positive "sigma_scale")'),
 }
 
 

@@ -101,6 +101,13 @@ class SigmaGrid:
     # value the pipeline scales (Flux passes t / 1000) may land an ulp above an edge.
     TOLERANCE = 1e-3
 
+    def __post_init__(self) -> None:
+        scale = self.sigma_scale
+        if isinstance(scale, bool) or not isinstance(scale, (int, float)) or \
+                not math.isfinite(scale) or scale <= 0:
+            raise ValueError(f'sigma_scale must be a positive number (the value a model receives '
+                             f'at sigma = 1: 1000 for SD3, 1 for Flux), got {scale!r}')
+
     def row(self, value: float) -> int:
         return int(self.rows(torch.tensor([float(value)], dtype=torch.float64))[0])
 
