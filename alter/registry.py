@@ -76,3 +76,8 @@ PRUNING_SPACES = AlterRegistry('pruning space', scope='alter', locations=['alter
 ROUTERS = AlterRegistry('router', scope='alter', locations=['alter'])
 EXPERT_GENERATORS = AlterRegistry('expert generator', scope='alter', locations=['alter'])
 REGULARIZERS = AlterRegistry('regularizer', scope='alter', locations=['alter'])
+# One adapter per family of diffusers denoisers, registered under the diffusers class name.
+BACKBONES = AlterRegistry('backbone', scope='alter', locations=['alter'])
+OBJECTIVES = AlterRegistry('objective', scope='alter', locations=['alter'])
+# How a routing table's rows map to the timestep values a denoiser receives.
+TIMESTEP_GRIDS = AlterRegistry('timestep grid', scope='alter', locations=['alter'])

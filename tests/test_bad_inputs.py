@@ -542,6 +542,12 @@ def expert_file(tmp_path) -> Tuple[Path, dict]:
     (lambda d: d.update(keep_ratio=dict(fvcore=1.4)), "field 'keep_ratio' must be an object"),
     (lambda d: d.update(num_experts=3), 'num_experts is 3 but expert_masks holds 2 masks'),
     (lambda d: d.update(keep_ratios=0.4), r"unknown fields \['keep_ratios'\]"),
+    (lambda d: d.update(timestep_grid=dict(type='SigmaGrid')),
+     "field 'timestep_grid' must be an object naming a registered timestep grid"),
+    (lambda d: d.update(timestep_grid=dict(type='SigmaGrid', sigma_scale='1000')),
+     'SigmaGrid: a positive "sigma_scale"'),
+    (lambda d: d.update(timestep_grid=dict(type='Sigmas', sigma_scale=1.0)),
+     "field 'timestep_grid' must be"),
 ])
 def test_expert_file_is_validated_naming_the_field(expert_file, edit, message):
     checkpoint, data = expert_file

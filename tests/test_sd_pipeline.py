@@ -22,7 +22,8 @@ from mmengine.config import Config
 from torch import nn
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
-from alter.inference.experts import ExpertSet, load_experts, load_unet, save_checkpoint
+from alter.inference.experts import (ExpertSet, load_experts, load_unet, save_checkpoint,
+                                     weights_fingerprint)
 from alter.inference.sampler import (NOISE_SCHEDULE_KEYS, SCHEDULERS, SD21_SCHEDULER_CONFIG,
                                      build_sampling_scheduler, sample)
 from alter.inference.sd_pipeline import apply_experts
@@ -357,6 +358,17 @@ def test_checkpoint_fingerprint_survives_half_export_and_refuses_other_weights(t
     with pytest.raises(ValueError, match='exported from another UNet'):
         save_checkpoint(tmp_path / 'other', build_tiny_unet(seed=1), data)
     assert load_experts(tmp_path / 'half').weights_fingerprint != experts.weights_fingerprint
+
+
+def test_fingerprint_samples_tensors_past_float32_integer_precision():
+    """2**24 + 4 elements: in float32 the last position, 2**24 + 3, rounds to 2**24 + 4."""
+    big = nn.Linear(1, 2**24 + 4, bias=False)
+    with torch.no_grad():
+        big.weight.zero_()[-1] = 1.0
+    changed = weights_fingerprint(big)
+    with torch.no_grad():
+        big.weight[-1] = 2.0  # the last element is sampled
+    assert weights_fingerprint(big)['float32'] != changed['float32']
 
 
 @pytest.mark.parametrize('scheduler, message', [

@@ -450,3 +450,18 @@ def test_bad_shard_inputs(tmp_path):
         TarShardDataset(shard, transform=dict(type='SDTransform'))
     with pytest.raises(IndexError, match='out of range'):
         TarShardDataset(shard, transform=TRANSFORM)[1]
+
+
+def test_imagenet_folder_numbers_sorted_class_folders(tmp_path):
+    """Labels are the class folders' sorted order (ILSVRC synsets -> 0..999, as DiT's)."""
+    for synset, colour in (('n02', 'green'), ('n01', 'red')):
+        (tmp_path / synset).mkdir()
+        (tmp_path / synset / f'{colour}.png').write_bytes(encode(colour, 'PNG'))
+    (tmp_path / 'n01' / 'notes.txt').write_text('not an image')
+    dataset = DATASETS.build(dict(type='ImageNetFolder', root=str(tmp_path), transform=TRANSFORM))
+    assert dataset.classes == ['n01', 'n02'] and len(dataset) == 2
+    samples = [dataset[0], dataset[1]]
+    assert [(s['key'], s['label']) for s in samples] == [('n01/red.png', 0), ('n02/green.png', 1)]
+    assert_colour(samples[1]['image'], 'green', atol=0)
+    with pytest.raises(FileNotFoundError, match='folder of class folders'):
+        DATASETS.build(dict(type='ImageNetFolder', root=str(tmp_path / 'missing')))

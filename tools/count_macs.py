@@ -1,12 +1,16 @@
 """Per-unit and total MACs of a config's backbone.
 
     python tools/count_macs.py configs/_base_/models/sd21_unet.py --resolution 768
+    python tools/count_macs.py configs/_base_/models/dit_xl2.py --convention with_attention
 
-Builds the UNet from the config's architecture with random weights (no
-download, no weights needed), finds the pruning space's units and prints their
-MACs per UNet call at batch 1; ``--out`` writes the table as JSON.
+Builds the denoiser (UNet or diffusion transformer) from the config's
+architecture with random weights (no download, no weights needed), finds the
+pruning space's units and prints their MACs per model call at batch 1; ``--out``
+writes the table as JSON. ``--dtype bfloat16`` halves the memory of large models
+(the count does not depend on it).
 """
 import argparse
+from collections import Counter
 
 import torch
 from alter.registry import MODELS, PRUNING_SPACES
@@ -25,6 +29,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument('--space', help='pruning space (default: model.space.type of the config)')
     parser.add_argument('--context-length', type=positive_int,
                         help='text tokens (default: model.context_length)')
+    parser.add_argument('--dtype', choices=('float32', 'bfloat16'), default='float32',
+                        help='dtype of the random weights (the count is the same)')
     parser.add_argument('--out', help='write the table to this JSON file')
     return parser.parse_args(argv)
 
@@ -33,7 +39,10 @@ def main(argv=None) -> None:
     args = parse_args(argv)
     model = load_config(args.config).model
     torch.set_grad_enabled(False)
+    # Built in the dtype directly: a float32 copy of SDXL alone would take 10 GB.
+    torch.set_default_dtype(getattr(torch, args.dtype))
     unet = MODELS.build(dict(model.unet, load_weights=False)).eval()
+    torch.set_default_dtype(torch.float32)
     space_name = args.space or model.get('space', {}).get('type', 'paper')
     units = PRUNING_SPACES.build(dict(type=space_name)).find(unet)
     table = mac_table(unet, units, space_name, args.resolution or model.resolution,
@@ -41,14 +50,14 @@ def main(argv=None) -> None:
                       args.context_length or model.get('context_length', 77), args.convention)
 
     giga = 1e9
-    print(f'{"unit":<18}{"kind":<6}{"GMACs":>10}{"% of UNet":>11}')
+    print(f'{"unit":<18}{"kind":<7}{"GMACs":>10}{"% of model":>12}')
     for name, kind, macs in zip(table.unit_names, table.unit_kinds, table.unit_macs):
-        print(f'{name:<18}{kind:<6}{macs / giga:>10.3f}{100 * macs / table.total_macs:>10.2f}%')
-    n_res = table.unit_kinds.count('res')
-    print(f'\nspace {space_name!r}: {len(units)} units ({len(units) - n_res} attn, {n_res} res); '
+        print(f'{name:<18}{kind:<7}{macs / giga:>10.3f}{100 * macs / table.total_macs:>10.2f}%')
+    kinds = ', '.join(f'{n} {kind}' for kind, n in Counter(table.unit_kinds).items())
+    print(f'\nspace {space_name!r}: {len(units)} units ({kinds}) of a {type(unet).__name__}; '
           f'convention {table.convention!r}; {table.resolution} px -> latent '
           f'{table.latent_size[0]}x{table.latent_size[1]}, context {table.context_length} tokens')
-    print(f'total     {table.total_macs / giga:10.2f} G MACs per UNet call (batch 1)')
+    print(f'total     {table.total_macs / giga:10.2f} G MACs per model call (batch 1)')
     print(f'prunable  {table.prunable_macs / giga:10.2f} G ({100 * (1 - table.min_keep_ratio):.1f} %)')
     print(f'always kept {(table.total_macs - table.prunable_macs) / giga:8.2f} G '
           f'(lowest reachable keep ratio {table.min_keep_ratio:.3f})')

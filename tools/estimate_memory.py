@@ -27,6 +27,7 @@ from mmengine.config import DictAction
 
 from alter.engine.parallel import sharded_modules
 from alter.registry import MODELS, PRUNING_SPACES
+from alter.units.backbones import backbone_of
 from alter.units.gating import UnitGating
 from alter.utils.cli import run_tool
 from alter.utils.config import load_config
@@ -38,9 +39,12 @@ FROZEN_BYTES = {None: 4, 'float32': 4, 'float16': 2, 'bfloat16': 2}
 
 def saved_bytes(unet, gating: UnitGating, batch: int, latent: int, context_length: int,
                 dtype) -> int:
-    """Bytes autograd saves in one gated forward of ``unet`` at ``batch`` (weights excluded)."""
-    x = torch.randn(batch, unet.config.in_channels, latent, latent)
-    context = torch.randn(batch, context_length, unet.config.cross_attention_dim)
+    """Bytes autograd saves in one gated forward of ``unet`` (a UNet or a diffusion
+    transformer, with its backbone's example conditioning) at ``batch`` (weights excluded)."""
+    backbone = backbone_of(unet)
+    x = torch.randn(batch, backbone.latent_channels(unet), latent, latent)
+    example = backbone.example_context(unet, context_length, torch.Generator().manual_seed(0))
+    context = {k: v.repeat(batch, *[1] * (v.dim() - 1)) for k, v in example.items()}
     gates = torch.ones(batch, len(gating), requires_grad=True)
     seen: Dict[int, int] = {}
 
@@ -52,7 +56,7 @@ def saved_bytes(unet, gating: UnitGating, batch: int, latent: int, context_lengt
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), \
             torch.autocast('cpu', dtype=dtype or torch.bfloat16, enabled=dtype is not None), \
             gating.soft(gates):
-        unet(x, torch.full((batch, ), 500), context)
+        backbone.predict(unet, x, torch.full((batch, ), 500), context)
     params = {p.untyped_storage().data_ptr() for p in unet.parameters()}
     return sum(n for ptr, n in seen.items() if ptr not in params)
 

@@ -1,4 +1,5 @@
 """Datasets and transforms."""
+from alter.datasets import class_images  # noqa: F401
 from alter.datasets import latent_cache  # noqa: F401
 from alter.datasets import random_latents  # noqa: F401
 from alter.datasets import shapes  # noqa: F401

@@ -92,6 +92,8 @@ class CaptionedImageDataset(Dataset, abc.ABC):
 
     A subclass implements ``__len__``, ``_key(index)`` and ``_read(index)``,
     which returns the image (encoded bytes or a file path) and the raw caption.
+    Samples are ``dict(image, caption, key)``; a subclass conditioning on
+    something else sets ``condition_key`` and checks it in ``_condition``.
 
     Args:
         transform: ``dict(type=...)`` built from TRANSFORMS, or a callable
@@ -101,6 +103,8 @@ class CaptionedImageDataset(Dataset, abc.ABC):
         max_skip_fraction: raise when more than this fraction of the samples
             (and more than one) fail at consecutive indices.
     """
+
+    condition_key = 'caption'
 
     def __init__(self, transform: Union[dict, Transform, None] = None, seed: int = 0,
                  max_skip_fraction: float = 0.1) -> None:
@@ -147,22 +151,27 @@ class CaptionedImageDataset(Dataset, abc.ABC):
                 continue
             # Seeded by the sample returned, not the index asked for: a sample is
             # transformed the same way however it is reached.
-            return dict(image=self.transform(image, self._generator(i)), caption=caption,
-                        key=self._key(i))
+            return {'image': self.transform(image, self._generator(i)),
+                    self.condition_key: caption, 'key': self._key(i)}
         raise RuntimeError(
             f'{type(self).__name__}: {attempts} consecutive samples from index {index % size} '
             f'failed (more than max_skip_fraction={self.max_skip_fraction} of {size} samples); '
             f'the last was {last}. The data looks broken, not just a few corrupt samples: check '
             f'the files, or raise max_skip_fraction if this much loss is acceptable.')
 
-    def _decode(self, index: int) -> Tuple[Image.Image, str]:
-        """Fully decoded RGB image and non-empty caption of sample ``index``; raises on bad data."""
-        source, caption = self._read(index)
-        if not isinstance(caption, str) or not caption.strip():
-            raise CorruptSample(f'missing or empty caption ({caption!r})')
+    def _decode(self, index: int) -> Tuple[Image.Image, Any]:
+        """Fully decoded RGB image and checked condition of sample ``index``; raises on bad data."""
+        source, condition = self._read(index)
+        condition = self._condition(condition)
         with Image.open(io.BytesIO(source) if isinstance(source, bytes) else source) as image:
             # Decoding every pixel here makes a truncated file raise now, inside the skip.
-            return to_rgb(image), caption.strip()
+            return to_rgb(image), condition
+
+    def _condition(self, caption: Any) -> str:
+        """The stripped caption; raises ``CorruptSample`` for a missing or empty one."""
+        if not isinstance(caption, str) or not caption.strip():
+            raise CorruptSample(f'missing or empty caption ({caption!r})')
+        return caption.strip()
 
     def _skip(self, index: int, error: Exception) -> str:
         """Count and log a skipped sample; returns the reason for error messages."""

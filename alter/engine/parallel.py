@@ -22,8 +22,6 @@ from functools import partial
 from typing import Dict, List, Optional, Sequence
 
 import torch
-from diffusers.models.resnet import ResnetBlock2D
-from diffusers.models.transformers.transformer_2d import Transformer2DModel
 from mmengine.device import get_device
 from mmengine.model import MMDistributedDataParallel
 # The Runner looks wrappers up in mmengine's root registry without a scope.
@@ -31,6 +29,8 @@ from mmengine.registry import MODEL_WRAPPERS
 from torch import nn
 from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 from torch.distributed.tensor import DTensor, distribute_tensor
+
+from alter.units.backbones import backbone_of
 
 
 def full_tensors(tensors: Dict[str, object]) -> Dict[str, object]:
@@ -54,16 +54,10 @@ def distribute_like(value: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
 
 
 def sharded_modules(unet: nn.Module) -> List[nn.Module]:
-    """The modules FSDP2 shards, innermost first: each resnet and transformer, each
-    block, then the UNet itself (its remaining layers).
-
-    Layer granularity keeps the gathered weights small: SD2.1's largest layer has
-    49 M parameters, its largest block 260 M.
-    """
-    layers = [m for m in unet.modules() if isinstance(m, (ResnetBlock2D, Transformer2DModel))]
-    blocks = [*getattr(unet, 'down_blocks', []), getattr(unet, 'mid_block', None),
-              *getattr(unet, 'up_blocks', [])]
-    return layers + [b for b in blocks if b is not None] + [unet]
+    """The modules FSDP2 shards, innermost first, then the model itself (its remaining
+    layers): on UNets each resnet and transformer, then each block; on diffusion
+    transformers each transformer block (``Backbone.shard_modules``)."""
+    return backbone_of(unet, 'FSDP sharding').shard_modules(unet) + [unet]
 
 
 def shard_unet(unet: nn.Module, **fsdp_kwargs) -> None:

@@ -2,10 +2,13 @@
 
 A checkpoint is one directory, loaded without running code (JSON + safetensors)::
 
-    <dir>/unet/            the UNet in diffusers layout (config.json + safetensors)
+    <dir>/unet/            the UNet in diffusers layout (config.json + safetensors);
+                           a diffusion transformer is in <dir>/transformer/, the
+                           sub-folder its pipelines use
     <dir>/experts.json     expert masks (N_E x N_L, with unit names and module
                            paths), the routing table, space, architecture, keep
-                           ratios, MACs and a fingerprint of the UNet's weights
+                           ratios, MACs and a fingerprint of the UNet's weights;
+                           for flow-matching models also the timestep grid
 
 There is one UNet for all experts; an expert is only its mask. ``experts.json``
 has a versioned schema (``EXPERTS_SCHEMA``), checked when it is written and when
@@ -21,13 +24,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
+import diffusers
 import torch
-from diffusers import UNet2DConditionModel
 from safetensors import SafetensorError
 from torch import nn
 from torch.distributed.tensor import DTensor
 
-from alter.registry import PRUNING_SPACES
+from alter.inference.grids import DiscreteGrid
+from alter.registry import BACKBONES, PRUNING_SPACES, TIMESTEP_GRIDS
+from alter.units.backbones import backbone_of, denoiser_folders
 from alter.units.macs import MacTable
 from alter.utils.cli import InputError
 from alter.utils.io import replace_folder
@@ -56,8 +61,10 @@ def weights_fingerprint(unet: nn.Module) -> Dict[str, str]:
         if isinstance(tensor, DTensor):
             tensor = tensor.full_tensor()
         flat = tensor.detach().reshape(-1)
+        # float64 on the host: float32 positions past 2**24 round beyond the last element
+        # (SD's 2560 -> 1280 3x3 convs hold 29.5 M), and the same indices on every device.
         index = torch.linspace(0, flat.numel() - 1, min(FINGERPRINT_SAMPLES, flat.numel()),
-                               device=flat.device).round().long()
+                               dtype=torch.float64).round().long().to(flat.device)
         header.append([name, list(tensor.shape)])
         samples.append(flat[index].float())  # exact for float16/bfloat16/float32 weights
     values = torch.cat(samples).cpu()  # one device-to-host copy
@@ -99,6 +106,17 @@ def _registered_spaces() -> str:
 
 # field -> (required, check, what the check expects, or a function saying it); masks and
 # routing table are checked against each other by ExpertSet.from_dict.
+def _is_grid(value: Any) -> bool:
+    """A ``timestep_grid`` record that builds a registered grid (its fields valid)."""
+    if not isinstance(value, dict) or value.get('type') not in TIMESTEP_GRIDS.known_names():
+        return False
+    try:
+        TIMESTEP_GRIDS.build(dict(value, num_rows=1))
+    except (TypeError, ValueError):
+        return False
+    return True
+
+
 EXPERTS_SCHEMA: Dict[str, Tuple[bool, Callable[[Any], bool], Any]] = {
     'format_version': (True, lambda v: v == EXPERTS_FORMAT, f'{EXPERTS_FORMAT}'),
     'architecture': (True, lambda v: isinstance(v, dict) and isinstance(v.get('key'), str),
@@ -120,6 +138,11 @@ EXPERTS_SCHEMA: Dict[str, Tuple[bool, Callable[[Any], bool], Any]] = {
     'resolution': (False, lambda v: _is_int(v, 1), 'a positive integer (pixels)'),
     'context_length': (False, lambda v: _is_int(v, 1), 'a positive integer (tokens)'),
     'step': (False, lambda v: _is_int(v), 'a non-negative integer'),
+    # Absent: the DDPM grid (round(t)), the grid of every UNet checkpoint.
+    'timestep_grid': (False, lambda v: _is_grid(v),
+                      lambda: 'an object naming a registered timestep grid ("type": one of '
+                      f'{", ".join(TIMESTEP_GRIDS.known_names())}) and its fields '
+                      '(SigmaGrid: a positive "sigma_scale")'),
 }
 
 
@@ -165,6 +188,8 @@ class ExpertSet:
             file records none).
         unit_paths: module path of each unit in the UNet (None if not recorded):
             tells apart spaces whose units share names.
+        grid: the ``alter.inference.grids`` grid mapping the timestep a model
+            receives to a row of ``route`` (default: the DDPM grid, round(t)).
     """
 
     unit_names: Tuple[str, ...]
@@ -175,6 +200,11 @@ class ExpertSet:
     keep_ratio: Dict[str, float]
     weights_fingerprint: Optional[Dict[str, str]] = None
     unit_paths: Optional[Tuple[str, ...]] = None
+    grid: Any = None
+
+    def __post_init__(self) -> None:
+        if self.grid is None:
+            object.__setattr__(self, 'grid', DiscreteGrid(len(self.route)))
 
     @classmethod
     def from_dict(cls, data: dict, source: str = 'the experts') -> 'ExpertSet':
@@ -203,10 +233,12 @@ class ExpertSet:
             raise ExpertFileError(f'{source}: unit_paths has {len(paths)} entries for '
                                   f'{len(names)} unit_names; {RE_EXPORT}')
         fingerprint = data.get('weights_fingerprint')
+        grid = TIMESTEP_GRIDS.build(dict(data.get('timestep_grid', dict(type='DiscreteGrid')),
+                                         num_rows=len(route)))
         return cls(names, tuple(tuple(bool(g) for g in row) for row in rows), tuple(route),
                    data['space'], data['architecture'], dict(data.get('keep_ratio', {})),
                    dict(fingerprint) if fingerprint else None,
-                   tuple(paths) if paths is not None else None)
+                   tuple(paths) if paths is not None else None, grid)
 
     @property
     def num_experts(self) -> int:
@@ -218,26 +250,23 @@ class ExpertSet:
         route = torch.tensor(self.route)
         masks = torch.tensor(self.masks, dtype=torch.float64)
         return {c: table.keep_ratio(masks)[route].mean().item() for c, table in costs.items()}
-    def expert_at(self, timestep: float) -> int:
-        """The expert of a scheduler timestep rounded to the training grid: a host-side lookup.
 
-        Raises for a value off the grid 0..T-1 instead of clamping it: such a
-        value is not a training timestep (e.g. a continuous-time scheduler's
-        noise level), and clamping would silently run the expert of t = 0 or T-1.
+    def expert_at(self, timestep: float) -> int:
+        """The expert of the timestep value a model receives: a host-side lookup of its row
+        on the grid (DDPM models: rounded to 0..T-1; flow models: the bin of sigma).
+
+        Raises for a value off the grid instead of clamping it: such a value is
+        not one the model was trained on (e.g. a continuous-time scheduler's
+        noise level), and clamping would silently run the expert of the first or
+        last row.
         """
-        value = float(timestep)
-        index = round(value) if math.isfinite(value) else -1
-        if not 0 <= index < len(self.route):
-            raise ValueError(f'timestep {value} is off the training grid 0..{len(self.route) - 1} '
-                             'that the routing table is indexed by: route with a discrete-time '
-                             'scheduler of the training noise schedule')
-        return self.route[index]
+        return self.route[self.grid.row(timestep)]
 
     def experts_for(self, timesteps: Sequence[float]) -> List[int]:
         return [self.expert_at(t) for t in timesteps]
 
 
-def expert_record(experts: dict, unet: UNet2DConditionModel) -> dict:
+def expert_record(experts: dict, unet: nn.Module) -> dict:
     """The ``experts.json`` record of exported experts: their fields plus the format
     version and the module path of every unit in ``unet``; checked as loading checks it."""
     units = PRUNING_SPACES.build(dict(type=experts['space'])).find(unet)
@@ -250,9 +279,10 @@ def expert_record(experts: dict, unet: UNet2DConditionModel) -> dict:
     return record
 
 
-def save_checkpoint(out_dir, unet: UNet2DConditionModel, experts: Optional[dict] = None,
+def save_checkpoint(out_dir, unet: nn.Module, experts: Optional[dict] = None,
                     half: bool = False) -> Path:
-    """Write ``out_dir`` as ``unet/`` (safetensors) and, for ALTER models, ``experts.json``.
+    """Write ``out_dir`` as ``unet/`` (``transformer/`` for a diffusion transformer;
+    safetensors) and, for ALTER models, ``experts.json``.
 
     ``experts.json`` records the fingerprint of the weights as written (after
     ``half``); experts exported with a fingerprint of other weights are refused.
@@ -271,7 +301,8 @@ def save_checkpoint(out_dir, unet: UNet2DConditionModel, experts: Optional[dict]
             dict(experts, weights_fingerprint=weights_fingerprint(model)), model)
 
         def write(folder: Path) -> None:
-            model.save_pretrained(folder / 'unet', safe_serialization=True)
+            model.save_pretrained(folder / backbone_of(model).pipeline_attribute,
+                                  safe_serialization=True)
             if record is not None:
                 (folder / EXPERTS_FILE).write_text(json.dumps(record, indent=2) + '\n')
 
@@ -301,16 +332,23 @@ def load_experts(checkpoint) -> ExpertSet:
     return ExpertSet.from_dict(check_expert_record(data, str(path)), str(path))
 
 
-def load_unet(checkpoint) -> UNet2DConditionModel:
-    """The UNet of a checkpoint directory (float32), refused if its weights file cannot
-    be read or holds a NaN or an infinity."""
-    folder = Path(checkpoint) / 'unet'
-    if not (folder / 'config.json').is_file():
-        raise FileNotFoundError(f'no UNet at {folder}: expected a diffusers folder with '
-                                'config.json and safetensors weights')
+def load_unet(checkpoint) -> nn.Module:
+    """The denoiser of a checkpoint directory (float32): its UNet, or its diffusion
+    transformer; refused if its weights file cannot be read or holds a NaN or an
+    infinity."""
+    folders = [Path(checkpoint) / name for name in denoiser_folders()]
+    folder = next((f for f in folders if (f / 'config.json').is_file()), None)
+    if folder is None:
+        raise FileNotFoundError(f'no UNet (or transformer) in {checkpoint}: expected a diffusers '
+                                f'folder with config.json and safetensors weights at '
+                                f'{" or ".join(map(str, folders))}')
+    class_name = json.loads((folder / 'config.json').read_text()).get('_class_name')
+    if class_name not in BACKBONES.known_names():
+        raise InputError(f'{folder} holds a {class_name}; a checkpoint holds one of '
+                         f'{BACKBONES.known_names()}; {RE_EXPORT}')
     files = ', '.join(sorted(p.name for p in folder.glob('*.safetensors'))) or 'no safetensors'
     try:
-        unet = UNet2DConditionModel.from_pretrained(folder, local_files_only=True).float()
+        unet = getattr(diffusers, class_name).from_pretrained(folder, local_files_only=True).float()
     except (OSError, ValueError, SafetensorError) as error:
         raise InputError(f'cannot read the UNet in {folder} ({files}): {error}; '
                          f'{RE_EXPORT}') from None

@@ -4,23 +4,28 @@ Two ways to drive the routing:
 
 * ``ExpertRouter.select(t)`` -- the caller looks the timestep up on the host
   before each UNet call (the project's sampler, which holds the schedule);
-* ``TimestepRouting`` -- the UNet's own ``forward`` routes every call by the
+* ``TimestepRouting`` -- the model's own ``forward`` routes every call by the
   timestep value it receives (diffusers pipelines, whatever part of the
-  schedule they run and however many pipelines share the UNet).
+  schedule they run and however many pipelines share the model).
+
+The model is any supported denoiser (``alter.units.backbones``): a UNet or a
+diffusion transformer; "UNet" below stands for either.
 """
+import inspect
 import types
 from typing import Callable, List, Optional
 
 import torch
-from diffusers import UNet2DConditionModel
+from torch import nn
 
 from alter.inference.experts import ExpertSet, fingerprint_mismatch
 from alter.registry import PRUNING_SPACES
+from alter.units.backbones import backbone_of
 from alter.units.gating import UnitGating
 from alter.units.macs import architecture_key
 
 
-def check_weights(unet: UNet2DConditionModel, experts: ExpertSet) -> None:
+def check_weights(unet: nn.Module, experts: ExpertSet) -> None:
     """Raise unless ``unet`` holds the weights the experts were trained with."""
     if experts.weights_fingerprint is None:
         raise ValueError('the expert file records no weights fingerprint, so the UNet cannot be '
@@ -45,11 +50,9 @@ class ExpertRouter:
     ``allow_other_weights``) if its weights are not the trained ones.
     """
 
-    def __init__(self, unet: UNet2DConditionModel, experts: ExpertSet,
+    def __init__(self, unet: nn.Module, experts: ExpertSet,
                  allow_other_weights: bool = False) -> None:
-        if not isinstance(unet, UNet2DConditionModel):
-            raise TypeError(f'routed inference needs a diffusers UNet2DConditionModel, got '
-                            f'{type(unet).__name__}')
+        backbone_of(unet, 'routed inference')
         expected = experts.architecture.get('key')
         if expected is not None and architecture_key(unet) != expected:
             raise ValueError('the experts were trained for another UNet architecture '
@@ -140,6 +143,9 @@ class TimestepRouting:
                                'first')
         self.router = router
         self.forward = unet.forward  # the UNet's own forward, bound to it
+        # Pipelines pass the timestep positionally (UNets, DiT) or by keyword (PixArt,
+        # SD3, Flux, which take other arguments first): bound by the forward's signature.
+        self._signature = inspect.signature(self.forward)
         self._saved = unet.__dict__.get('forward')  # an instance forward (another hook) or None
         self._entries = [_expert_entry(e) for e in range(router.experts.num_experts)]
         unet.forward = self
@@ -150,10 +156,11 @@ class TimestepRouting:
 
     # Not traced (recursive=False): only the expert entry it calls is compiled.
     @torch.compiler.disable(recursive=False)
-    def __call__(self, sample: torch.Tensor, timestep, *args, **kwargs):
-        """``UNet2DConditionModel.forward`` under the expert of ``timestep``."""
+    def __call__(self, *args, **kwargs):
+        """The model's ``forward`` under the expert of the ``timestep`` argument."""
+        timestep = self._signature.bind_partial(*args, **kwargs).arguments['timestep']
         expert = self._select(timestep)
-        return self._entries[expert](self.forward, sample, timestep, *args, **kwargs)
+        return self._entries[expert](self.forward, *args, **kwargs)
 
     @torch.compiler.disable  # host-side work, never traced
     def _select(self, timestep) -> int:

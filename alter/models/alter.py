@@ -1,4 +1,4 @@
-"""The ALTER algorithm model: one UNet, a hypernetwork, and Algorithm 1 in ``train_step``.
+"""The ALTER algorithm model: one denoiser, a hypernetwork, and Algorithm 1 in ``train_step``.
 
 Per batch (ALTER_SPEC §5), while the step count is below ``hypernet_iters`` (T_end):
 
@@ -12,6 +12,9 @@ After T_end only step 3 runs, with the frozen table. ``schedule='two_stage'``
 
 Each sample has its own timestep, so both steps run the gated blend
 ``(1 - g) * bypass(x) + g * f(x)`` with per-sample gates (binary in step 3).
+The denoiser is a UNet or a diffusion transformer (kept under the name
+``unet``); a sample's routing row is the row of the timestep value the model
+receives (``alter.inference.grids``), as at inference.
 """
 import copy
 from contextlib import contextmanager
@@ -23,6 +26,7 @@ from mmengine.optim import OptimWrapperDict
 from torch import nn
 
 from alter.inference.experts import weights_fingerprint
+from alter.models.conditioning import context_to
 from alter.models.diffusion import LatentDiffusion
 from alter.models.hypernet import HyperNetwork
 from alter.models.losses import capture_block_outputs, unet_objective
@@ -136,9 +140,10 @@ class ALTER(LatentDiffusion):
                 f'sparsity is {1 - lowest:.3f}')
         self.regularizer = REGULARIZERS.build(regularizer)
 
-        num_timesteps = self.scheduler.config.num_train_timesteps
-        with torch.no_grad():  # the backbone's own sinusoidal projection e_t, t = 0..T-1
-            features = self.unet.time_proj(torch.arange(num_timesteps)).float()
+        self.grid = self.objective.grid(self.backbone.timestep_divisor)
+        num_timesteps = self.grid.num_rows
+        with torch.no_grad():  # the backbone's own sinusoidal projection e_t of every row
+            features = self.backbone.time_projection(self.unet)(self.grid.values()).float()
         self.hypernet = HyperNetwork(len(units), num_experts, features, **(hypernet or {}))
         self.register_buffer('expert_masks', torch.ones(num_experts, len(units)))
         self.register_buffer('routing_table', torch.zeros(num_timesteps, dtype=torch.long))
@@ -154,6 +159,11 @@ class ALTER(LatentDiffusion):
                              f'differ in {sorted(differ)}')
 
     # -- the mask table -------------------------------------------------------
+
+    def rows(self, timesteps: torch.Tensor) -> torch.Tensor:
+        """(B,) routing-table rows of training-scale ``timesteps``: the rows of the values
+        the model receives, as inference looks them up."""
+        return self.grid.rows(timesteps / self.backbone.timestep_divisor)
 
     @property
     def timestep_masks(self) -> torch.Tensor:
@@ -175,22 +185,27 @@ class ALTER(LatentDiffusion):
     # -- training -------------------------------------------------------------
 
     def train_step(self, data: dict, optim_wrapper: OptimWrapperDict) -> Dict[str, torch.Tensor]:
-        """One batch of Algorithm 1. ``data``: ``latents`` (B, C, h, w), ``context`` (B, L, D)."""
+        """One batch of Algorithm 1. ``data``: ``latents`` (B, C, h, w) and ``context``, or
+        what the frozen encoders encode (``LatentDiffusion.encode``)."""
         step = int(self.num_steps)
         latents, context = self.start_step(data)
-        x_t, timesteps, target = self.noisy_input(latents)
+        batch = self.noisy_input(latents)
+        x_t, timesteps = batch.x_t, batch.timesteps
+        rows = self.rows(timesteps)
         with torch.no_grad(), capture_block_outputs(self.teacher) as teacher_features:
             dtype = self.frozen_dtype
-            teacher_prediction = self.teacher(x_t.to(dtype), timesteps, context.to(dtype)).sample
-        reference = (target, teacher_prediction, teacher_features)
+            teacher_prediction = self.predict(self.teacher, x_t.to(dtype), timesteps,
+                                              context_to(context, x_t.device, dtype))
+        reference = (batch.target, teacher_prediction, teacher_features)
 
         hypernet_phase = step < self.hypernet_iters
         log: Dict[str, torch.Tensor] = {}
         if hypernet_phase:
-            log.update(self._hypernet_step(x_t, timesteps, context, reference,
+            log.update(self._hypernet_step(x_t, timesteps, rows, context, reference,
                                            optim_wrapper['hypernet']))
         if self.schedule == 'joint' or not hypernet_phase:
-            log.update(self._unet_step(x_t, timesteps, context, reference, optim_wrapper['unet']))
+            log.update(self._unet_step(x_t, timesteps, rows, context, reference,
+                                       optim_wrapper['unet']))
         self.num_steps += 1
         # mmengine keeps showing the last hyper/* values after T_end; this says which phase ran.
         log['hypernet_active'] = torch.tensor(float(hypernet_phase))
@@ -209,22 +224,22 @@ class ALTER(LatentDiffusion):
         the bare UNet (hypernetwork step: no UNet gradients to synchronise).
         """
         with capture_block_outputs(bare(self.unet)) as features:
-            prediction = unet(x_t, timesteps, context).sample
+            prediction = self.predict(unet, x_t, timesteps, context)
         target, teacher_prediction, teacher_features = reference
         return unet_objective(prediction, target, teacher_prediction, features, teacher_features,
-                              self.loss_weights)
+                              self.loss_weights, self.objective.denoising_loss)
 
     # Both updates keep the gates set through backward: gradient checkpointing
     # re-runs unit forwards there and must see the same gates.
 
-    def _hypernet_step(self, x_t, timesteps, context, reference, optim_wrapper):
+    def _hypernet_step(self, x_t, timesteps, rows, context, reference, optim_wrapper):
         """Hypernetwork update with the UNet frozen, then the table refresh."""
         w = self.loss_weights
         unet = bare(self.unet)
         with frozen(unet):
             with optim_wrapper.optim_context(self.hypernet):
                 out = self.hypernet(generator=self.rng)
-            with self.gating.soft(out.timestep_masks[timesteps]):
+            with self.gating.soft(out.timestep_masks[rows]):
                 with optim_wrapper.optim_context(self.hypernet):
                     terms = self._objective(unet, x_t, timesteps, context, reference)
                 # The budget terms outside AMP's autocast, in float32 like H's output:
@@ -244,19 +259,19 @@ class ALTER(LatentDiffusion):
                 'hyper/loss_smooth': loss_smooth.detach(),
                 'hyper/keep_ratio_sampled': keep.detach(), 'hyper/router_entropy': entropy}
 
-    def _unet_step(self, x_t, timesteps, context, reference, optim_wrapper):
+    def _unet_step(self, x_t, timesteps, rows, context, reference, optim_wrapper):
         """UNet update under the hard masks of the table (hypernetwork untouched)."""
-        with self.gating.soft(self.timestep_masks[timesteps]):
+        with self.gating.soft(self.timestep_masks[rows]):
             with optim_wrapper.optim_context(self.unet):
                 terms = self._objective(self.unet, x_t, timesteps, context, reference)
                 loss = sum(terms.values())
             optim_wrapper.update_params(loss)
         return {'unet/loss': loss.detach(), **{f'unet/{k}': v.detach() for k, v in terms.items()}}
 
-    def forward(self, latents: torch.Tensor, timesteps: torch.Tensor, context: torch.Tensor,
+    def forward(self, latents: torch.Tensor, timesteps: torch.Tensor, context,
                 mode: str = 'tensor') -> torch.Tensor:
-        """Routed prediction of the UNet under the hard table; shapes as the UNet's."""
-        with self.gating.soft(self.timestep_masks[timesteps]):
+        """Routed prediction of the denoiser under the hard table; shapes as ``LatentDiffusion``'s."""
+        with self.gating.soft(self.timestep_masks[self.rows(timesteps)]):
             return super().forward(latents, timesteps, context, mode)
 
     # -- export ---------------------------------------------------------------
@@ -283,4 +298,5 @@ class ALTER(LatentDiffusion):
             resolution=table.resolution,
             context_length=table.context_length,
             weights_fingerprint=weights_fingerprint(bare(self.unet)),
-            step=int(self.num_steps))
+            step=int(self.num_steps),
+            **self.grid.record())

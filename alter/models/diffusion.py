@@ -1,7 +1,10 @@
-"""Latent diffusion training: a UNet, its noise scheduler and frozen conditioning.
+"""Latent diffusion training: a denoiser, its objective and frozen conditioning.
 
-``LatentDiffusion`` trains the UNet densely (the teacher of the embedded
-benchmark, any plain fine-tune); ``ALTER`` builds on it. Both draw timesteps,
+``LatentDiffusion`` trains the denoiser (a UNet or a diffusion transformer, held
+as ``unet``) densely (the teacher of the embedded benchmark, any plain
+fine-tune); ``ALTER`` builds on it. The denoiser's family is handled by its
+backbone adapter (``alter.units.backbones``), the noise, timesteps and target
+by the objective (``alter.models.objectives``). Both draw timesteps,
 noise and caption dropout from the model's own generator, re-seeded from
 (seed, step) every step, so a resumed run draws exactly what an uninterrupted
 one would. Draws are made for the *global* batch and each rank keeps its
@@ -13,32 +16,37 @@ import inspect
 from typing import Dict, Optional, Tuple
 
 import torch
-import torch.nn.functional as F
-from diffusers import DDPMScheduler
 from mmengine.dist import all_reduce_dict, get_rank, get_world_size
 from mmengine.model import BaseModel
 from mmengine.optim import OptimWrapperDict
 from torch import nn
 
-from alter.models.losses import denoising_target
-from alter.registry import MODELS
+from alter.models.conditioning import Context, context_batch_size, context_to, map_context
+from alter.models.objectives import NoisyBatch
+from alter.registry import MODELS, OBJECTIVES
+from alter.units.backbones import backbone_of
 
 FROZEN = ('teacher', 'autoencoder', 'text_encoder')
 
 
 @MODELS.register_module()
 class LatentDiffusion(BaseModel):
-    """Plain (dense) diffusion training of a UNet.
+    """Plain (dense) diffusion training of a denoiser.
 
     Args:
-        unet: config of the backbone (e.g. ``DiffusersUNet``).
-        noise_scheduler: ``DDPMScheduler`` keyword arguments; the training
-            target follows its ``prediction_type`` (epsilon, v or sample).
+        unet: config of the denoiser (``DiffusersUNet`` or ``DiffusersTransformer``).
+        noise_scheduler: keyword arguments of the objective's noise scheduler
+            (``DDPMScheduler``'s for DDPM objectives, whose ``prediction_type``
+            sets the target: epsilon, v or sample).
+        objective: ``OBJECTIVES`` config (``DDPMObjective``, ``LearnedSigmaObjective``,
+            ``FlowMatchingObjective``); ``noise_scheduler`` is added here.
         autoencoder, text_encoder: frozen conditioning components (see
-            ``alter.models.conditioning``) for batches of ``image`` and
-            ``caption``; batches that carry ``latents`` / ``context`` need none.
-        cond_dropout: probability of training a sample on the empty caption,
-            which classifier-free guidance needs at sampling time.
+            ``alter.models.conditioning``) for batches of ``image`` and the text
+            encoder's condition (``caption``, or ``label`` for ``ClassLabels``);
+            batches that carry ``latents`` / ``context`` need none.
+        cond_dropout: probability of training a sample on the null condition
+            (the empty caption, DiT's null class), which classifier-free
+            guidance needs at sampling time.
         pretrained: a local diffusers pipeline folder; the default
             ``pretrained`` of every component config that takes one.
         resolution, latent_scale, context_length: image size in pixels,
@@ -53,6 +61,7 @@ class LatentDiffusion(BaseModel):
     def __init__(self,
                  unet: dict,
                  noise_scheduler: dict,
+                 objective: dict = dict(type='DDPMObjective'),
                  autoencoder: Optional[dict] = None,
                  text_encoder: Optional[dict] = None,
                  cond_dropout: float = 0.0,
@@ -80,9 +89,12 @@ class LatentDiffusion(BaseModel):
 
         self.frozen_dtype = getattr(torch, frozen_dtype) if frozen_dtype else torch.float32
         self.unet = self.build_component(unet)
+        self.backbone = backbone_of(self.unet, type(self).__name__)
+        self.backbone.prepare_training(self.unet)
         if gradient_checkpointing:
             self.unet.enable_gradient_checkpointing()
-        self.scheduler = DDPMScheduler(**noise_scheduler)
+        self.objective = OBJECTIVES.build(dict(objective, noise_scheduler=noise_scheduler))
+        self.scheduler = self.objective.scheduler
         self.autoencoder = self._freeze(self.build_component(autoencoder))
         self.text_encoder = self._freeze(self.build_component(text_encoder))
         self._check_conditioning()
@@ -127,18 +139,21 @@ class LatentDiffusion(BaseModel):
         if self.autoencoder is not None and self.autoencoder.scale_factor != self.latent_scale:
             raise ValueError(f'model.latent_scale={self.latent_scale} but the autoencoder '
                              f'downsamples by {self.autoencoder.scale_factor}; make them agree')
-        if self.text_encoder is not None:
-            if self.text_encoder.context_length != self.context_length:
-                raise ValueError(f'model.context_length={self.context_length} but the text '
-                                 f'encoder gives {self.text_encoder.context_length} tokens')
-            if self.text_encoder.dim != self.unet.config.cross_attention_dim:
-                raise ValueError(f'the text encoder gives {self.text_encoder.dim}-d states but '
-                                 'the UNet cross-attends to '
-                                 f'{self.unet.config.cross_attention_dim}-d ones')
+        if self.text_encoder is None:
+            return
+        expected = self.backbone.context_dim(self.unet)
+        if self.text_encoder.dim != expected:
+            raise ValueError(f'the conditioning encoder gives {self.text_encoder.dim}-d states '
+                             f'(None: class labels) but the {type(self.unet).__name__} reads '
+                             f'{expected}-d ones (None: no text)')
+        if self.text_encoder.dim is not None and \
+                self.text_encoder.context_length != self.context_length:
+            raise ValueError(f'model.context_length={self.context_length} but the text '
+                             f'encoder gives {self.text_encoder.context_length} tokens')
 
     # -- data ------------------------------------------------------------------
 
-    def start_step(self, data: dict) -> Tuple[torch.Tensor, torch.Tensor]:
+    def start_step(self, data: dict) -> Tuple[torch.Tensor, Context]:
         """Re-seed the generator for this step; latents and context of the batch."""
         self.rng.manual_seed(hash((self.seed, int(self.num_steps))) & 0xFFFFFFFFFFFF)
         return self.encode(self.data_preprocessor(data, True))
@@ -150,20 +165,22 @@ class LatentDiffusion(BaseModel):
         return values[get_rank()::world]
 
     @torch.no_grad()
-    def encode(self, data: dict) -> Tuple[torch.Tensor, torch.Tensor]:
-        """Latents (B, C, h, w) and context (B, L, D) of a batch.
+    def encode(self, data: dict) -> Tuple[torch.Tensor, Context]:
+        """Latents (B, C, h, w) and context of a batch: (B, L, D) text states, or the
+        dict of the denoiser's conditioning arguments (``alter.models.conditioning``).
 
-        Takes ``latents``/``context`` as given, or encodes ``image``/``caption``
-        with the frozen components; captions are dropped to '' with
+        Takes ``latents``/``context`` as given, or encodes ``image`` and the
+        conditions (``caption`` or ``label``) with the frozen components;
+        conditions are dropped to the null one ('' or the null class) with
         probability ``cond_dropout`` (precomputed context: replaced by the batch's
         ``uncond_context``, the encoding of '', with the same draws). The context
         is drawn first, so cached and encoded batches drop the same captions.
         """
         context = self._context(data)
         latents = self._latents(data)
-        return latents, context.to(latents)
+        return latents, context_to(context, latents.device, latents.dtype)
 
-    def _context(self, data: dict) -> torch.Tensor:
+    def _context(self, data: dict) -> Context:
         if 'context' in data:
             context = data['context']
             if self.cond_dropout == 0:
@@ -172,15 +189,17 @@ class LatentDiffusion(BaseModel):
                 raise KeyError(f"model.cond_dropout={self.cond_dropout} needs 'uncond_context' "
                                'beside precomputed context (LatentCacheDataset gives it); or '
                                'set model.cond_dropout=0')
-            drop = self.draw(torch.rand, len(context)) < self.cond_dropout
-            return torch.where(drop.view(-1, 1, 1).to(context.device),
-                               data['uncond_context'].to(context), context)
-        if self.text_encoder is None or 'caption' not in data:
-            raise KeyError("the batch has no 'context', and no 'caption' with "
+            drop = self.draw(torch.rand, context_batch_size(context)) < self.cond_dropout
+            return map_context(lambda uncond, kept: torch.where(
+                drop.view(-1, *([1] * (kept.dim() - 1))).to(kept.device), uncond.to(kept), kept),
+                data['uncond_context'], context)
+        key = None if self.text_encoder is None else self.text_encoder.condition_key
+        if key not in data:
+            raise KeyError(f"the batch has no 'context', and no {key or 'caption'!r} with "
                            f'model.text_encoder set to encode it; batch keys: {sorted(data)}')
-        drop = self.draw(torch.rand, len(data['caption'])) < self.cond_dropout
-        captions = ['' if d else c for c, d in zip(data['caption'], drop.tolist())]
-        return self.text_encoder(captions)
+        drop = self.draw(torch.rand, len(data[key])) < self.cond_dropout
+        null = self.text_encoder.null_condition
+        return self.text_encoder([null if d else c for c, d in zip(data[key], drop.tolist())])
 
     def _latents(self, data: dict) -> torch.Tensor:
         if 'latents' in data:
@@ -196,38 +215,39 @@ class LatentDiffusion(BaseModel):
                           images.shape[-2] // f, images.shape[-1] // f).to(images)
         return self.autoencoder.encode(images, noise).float()
 
-    def noisy_input(self, latents: torch.Tensor) -> Tuple[torch.Tensor, ...]:
-        """x_t, timesteps (B,) and the denoising target for clean ``latents``."""
-        num_timesteps = self.scheduler.config.num_train_timesteps
-        timesteps = self.draw(lambda *size, **kw: torch.randint(0, num_timesteps, size, **kw),
-                              latents.shape[0]).to(latents.device)
-        noise = self.draw(torch.randn, *latents.shape).to(latents)
-        x_t = self.scheduler.add_noise(latents, noise, timesteps)
-        return x_t, timesteps, denoising_target(self.scheduler, latents, noise, timesteps)
+    def noisy_input(self, latents: torch.Tensor) -> NoisyBatch:
+        """x_t, training-scale timesteps (B,) and the denoising target for clean ``latents``."""
+        return self.objective.draw(self.draw, latents)
+
+    def predict(self, model: nn.Module, x_t: torch.Tensor, timesteps: torch.Tensor,
+                context: Context) -> torch.Tensor:
+        """``model``'s (the student's, possibly wrapped, or the teacher's) output in the
+        latent layout, called as its family's pipelines call it."""
+        return self.backbone.predict(model, x_t, timesteps, context)
 
     # -- training --------------------------------------------------------------
 
     def train_step(self, data: dict, optim_wrapper: OptimWrapperDict) -> Dict[str, torch.Tensor]:
-        """One denoising step of the UNet (``optim_wrapper['unet']``)."""
+        """One denoising step of the denoiser (``optim_wrapper['unet']``)."""
         latents, context = self.start_step(data)
-        x_t, timesteps, target = self.noisy_input(latents)
+        batch = self.noisy_input(latents)
         wrapper = optim_wrapper['unet']
         with wrapper.optim_context(self.unet):
-            prediction = self.unet(x_t, timesteps, context).sample
-            loss = F.mse_loss(prediction.float(), target.float())
+            prediction = self.predict(self.unet, batch.x_t, batch.timesteps, context)
+            loss = self.objective.denoising_loss(prediction, batch.target)
         wrapper.update_params(loss)
         self.num_steps += 1
         log = {'loss_denoise': loss.detach()}
         all_reduce_dict(log, 'mean')  # in place: log the global batch's value
         return log
 
-    def forward(self, latents: torch.Tensor, timesteps: torch.Tensor, context: torch.Tensor,
+    def forward(self, latents: torch.Tensor, timesteps: torch.Tensor, context: Context,
                 mode: str = 'tensor') -> torch.Tensor:
-        """The UNet's prediction; shapes as the UNet's."""
+        """The denoiser's prediction (B, C', h, w) at training-scale ``timesteps`` (B,)."""
         if mode != 'tensor':
             raise ValueError(f"{type(self).__name__}.forward supports mode='tensor' only, got "
                              f'{mode!r}; training runs through train_step')
-        return self.unet(latents, timesteps, context).sample
+        return self.predict(self.unet, latents, timesteps, context)
 
 
 def _is_frozen_key(key: str) -> bool:

@@ -1,14 +1,17 @@
-"""The UNet objective of ALTER (ALTER_SPEC §5): denoising, output KD, feature KD.
+"""The student objective of ALTER (ALTER_SPEC §5): denoising, output KD, feature KD.
 
 ``L_U = w_denoise * L_denoise + w_out_kd * L_outKD + w_feat_kd * L_featKD``; the
 hypernetwork step uses the same objective as its ``L_perf``.
 """
 from contextlib import contextmanager
-from typing import Dict, Iterator, List
+from typing import Callable, Dict, Iterator, List
 
 import torch
 import torch.nn.functional as F
-from diffusers import DDPMScheduler, UNet2DConditionModel
+from diffusers import DDPMScheduler
+from torch import nn
+
+from alter.units.backbones import backbone_of
 
 
 def denoising_target(scheduler: DDPMScheduler, latents: torch.Tensor, noise: torch.Tensor,
@@ -28,21 +31,20 @@ def denoising_target(scheduler: DDPMScheduler, latents: torch.Tensor, noise: tor
                      "'v_prediction' or 'sample'")
 
 
-def block_modules(unet: UNet2DConditionModel) -> List[torch.nn.Module]:
-    """The 9 blocks whose outputs feature KD matches on SD-style UNets: down, mid, up."""
-    return [*unet.down_blocks, unet.mid_block, *unet.up_blocks]
-
-
 @contextmanager
-def capture_block_outputs(unet: UNet2DConditionModel) -> Iterator[List[torch.Tensor]]:
-    """Collect each block's hidden-state output, in execution order, during a forward."""
+def capture_block_outputs(model: nn.Module) -> Iterator[List[torch.Tensor]]:
+    """Collect the hidden states feature KD matches, in execution order, during a forward.
+
+    Which blocks is the backbone's choice: on SD-style UNets the 9 blocks (down,
+    mid, up), on transformers the image stream after the middle block.
+    """
+    backbone = backbone_of(model, 'feature KD')
     features: List[torch.Tensor] = []
 
     def hook(module, args, output):
-        # Down blocks return (hidden_states, skip tensors); keep the hidden state.
-        features.append(output[0] if isinstance(output, tuple) else output)
+        features.append(backbone.feature_output(output))
 
-    handles = [m.register_forward_hook(hook) for m in block_modules(unet)]
+    handles = [m.register_forward_hook(hook) for m in backbone.feature_modules(model)]
     try:
         yield features
     finally:
@@ -52,18 +54,21 @@ def capture_block_outputs(unet: UNet2DConditionModel) -> Iterator[List[torch.Ten
 
 def unet_objective(prediction: torch.Tensor, target: torch.Tensor,
                    teacher_prediction: torch.Tensor, features: List[torch.Tensor],
-                   teacher_features: List[torch.Tensor],
-                   weights: Dict[str, float]) -> Dict[str, torch.Tensor]:
+                   teacher_features: List[torch.Tensor], weights: Dict[str, float],
+                   denoising_loss: Callable) -> Dict[str, torch.Tensor]:
     """Weighted terms of L_U, keyed ``loss_denoise``, ``loss_out_kd``, ``loss_feat_kd``.
 
     Args:
-        prediction, target, teacher_prediction: (B, C, h, w).
-        features, teacher_features: the 9 block outputs of student and teacher.
+        prediction, teacher_prediction: (B, C', h, w) model outputs.
+        target: (B, C, h, w) denoising target.
+        features, teacher_features: the block outputs of student and teacher
+            (``capture_block_outputs``).
         weights: ``denoise``, ``out_kd``, ``feat_kd``.
+        denoising_loss: the objective's L_denoise, ``(prediction, target) -> scalar``.
     """
     feat_kd = torch.stack([F.mse_loss(s.float(), t.float())
                            for s, t in zip(features, teacher_features)]).mean()
     return dict(
-        loss_denoise=weights['denoise'] * F.mse_loss(prediction.float(), target.float()),
+        loss_denoise=weights['denoise'] * denoising_loss(prediction, target),
         loss_out_kd=weights['out_kd'] * F.mse_loss(prediction.float(), teacher_prediction.float()),
         loss_feat_kd=weights['feat_kd'] * feat_kd)

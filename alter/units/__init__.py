@@ -1,2 +1,2 @@
-"""The prunable-unit engine: pruning spaces, gated execution, MAC accounting."""
-from alter.units import spaces  # noqa: F401
+"""The prunable-unit engine: backbone adapters, pruning spaces, gated execution, MAC accounting."""
+from alter.units import backbones, spaces  # noqa: F401

@@ -2,7 +2,9 @@
 
 ``UnitGating`` replaces each unit module's ``forward`` *on the instance* (the
 diffusers hook pattern), so the module tree and its state-dict keys stay those
-of the plain diffusers UNet and ``remove()`` restores the original forwards.
+of the plain diffusers model (UNet or transformer) and ``remove()`` restores the
+original forwards. Joint blocks (SD3, Flux) blend and bypass both their text and
+image streams.
 
 Three modes, set on the shared ``GateState``:
 
@@ -14,6 +16,7 @@ Three modes, set on the shared ``GateState``:
   bool needs no device sync and, under ``torch.compile``, becomes a guard
   instead of a graph break.
 """
+import inspect
 from contextlib import contextmanager
 from typing import Iterator, List, Optional, Sequence, Tuple
 
@@ -22,32 +25,24 @@ from diffusers.models.transformers.transformer_2d import (Transformer2DModel,
                                                           Transformer2DModelOutput)
 from torch import nn
 
-from alter.units.spaces import Unit
+from alter.units.unit import Unit
 
 
 class GateState:
-    """Mutable gating state shared by all unit forwards of one UNet."""
+    """Mutable gating state shared by all unit forwards of one model."""
 
     def __init__(self) -> None:
         self.gates: Optional[torch.Tensor] = None  # (B, N_L) soft gates
         self.keep: Optional[Tuple[bool, ...]] = None  # (N_L,) hard decisions
 
 
-def _bypass(unit: Unit, module: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    if unit.bypass == 'identity':
-        return x
-    if unit.bypass == 'slice':
-        return x[:, :unit.keep_channels]
-    return module.conv_shortcut(x)
-
-
-def _split(output):
-    """Tensor of a unit's output and a function putting a tensor back in its format."""
+def _split(output, num_streams: int):
+    """The streams of a unit's output and a function putting streams back in its format."""
     if isinstance(output, torch.Tensor):
-        return output, lambda y: y
-    if isinstance(output, tuple):  # Transformer2DModel(return_dict=False)
-        return output[0], lambda y: (y, ) + output[1:]
-    return output.sample, Transformer2DModelOutput  # Transformer2DModel(return_dict=True)
+        return (output, ), lambda streams: streams[0]
+    if isinstance(output, tuple):  # joint blocks: (text, image); Transformer2DModel: (sample, )
+        return output[:num_streams], lambda streams: tuple(streams) + output[num_streams:]
+    return (output.sample, ), lambda streams: Transformer2DModelOutput(sample=streams[0])
 
 
 class _GatedForward:
@@ -55,27 +50,56 @@ class _GatedForward:
 
     def __init__(self, unit: Unit, index: int, state: GateState, original) -> None:
         self.unit, self.index, self.state, self.original = unit, index, state, original
+        # Blocks are called positionally or by keyword (SD3 and Flux models pass
+        # hidden_states=...): the name of the first parameter finds the hidden state.
+        self.hidden_name = next(iter(inspect.signature(original).parameters))
 
-    def __call__(self, x: torch.Tensor, *args, **kwargs):
-        state, module = self.state, self.unit.module
+    def __call__(self, *args, **kwargs):
+        state = self.state
         if state.keep is not None:
             if state.keep[self.index]:
-                return self.original(x, *args, **kwargs)
-            bypass = _bypass(self.unit, module, x)
-            if isinstance(module, Transformer2DModel):  # keep the caller's output format
-                return Transformer2DModelOutput(sample=bypass) \
-                    if kwargs.get('return_dict', True) else (bypass, )
-            return bypass
-        output = self.original(x, *args, **kwargs)
+                return self.original(*args, **kwargs)
+            return self._skipped(args, kwargs)
+        output = self.original(*args, **kwargs)
         if state.gates is None:
             return output
-        y, pack = _split(output)
-        g = state.gates[:, self.index].to(y.dtype).view(-1, *([1] * (y.dim() - 1)))
-        return pack((1 - g) * _bypass(self.unit, module, x) + g * y)
+        bypass = self._bypass(args, kwargs)
+        streams, pack = _split(output, len(bypass))
+        g = state.gates[:, self.index]
+        return pack([None if y is None else _blend(g, b, y) for y, b in zip(streams, bypass)])
+
+    def _bypass(self, args, kwargs) -> tuple:
+        """The streams a skipped unit passes on (one, or text and image for joint blocks)."""
+        x = args[0] if args else kwargs[self.hidden_name]
+        kind, module = self.unit.bypass, self.unit.module
+        if kind == 'identity':
+            return (x, )
+        if kind == 'slice':
+            return (x[:, :self.unit.keep_channels], )
+        if kind == 'shortcut':
+            return (module.conv_shortcut(x), )
+        text = args[1] if len(args) > 1 else kwargs['encoder_hidden_states']
+        return (text if kind == 'joint' else None, x)
+
+    def _skipped(self, args, kwargs):
+        """The output of a skipped unit, in the format its caller expects."""
+        bypass = self._bypass(args, kwargs)
+        if len(bypass) > 1:
+            return bypass
+        if isinstance(self.unit.module, Transformer2DModel):
+            return Transformer2DModelOutput(sample=bypass[0]) \
+                if kwargs.get('return_dict', True) else bypass
+        return bypass[0]
+
+
+def _blend(gates: torch.Tensor, bypass: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """``(1 - g) * bypass + g * y`` with per-sample gates (B,) broadcast over ``y``."""
+    g = gates.to(y.dtype).view(-1, *([1] * (y.dim() - 1)))
+    return (1 - g) * bypass + g * y
 
 
 class UnitGating:
-    """Gates on the units of one UNet.
+    """Gates on the units of one model.
 
     Args:
         units: from ``PruningSpace.find(unet)``; their order defines the gate

@@ -1,4 +1,4 @@
-"""MAC accounting of a UNet and its units.
+"""MAC accounting of a denoiser (UNet or transformer) and its units.
 
 Two named conventions (ALTER_SPEC §3):
 
@@ -23,11 +23,12 @@ from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
-from diffusers import UNet2DConditionModel
+from diffusers.models.attention import AttentionModuleMixin
 from diffusers.models.attention_processor import Attention
 from torch import nn
 
-from alter.units.spaces import Unit
+from alter.units.backbones import Backbone, backbone_of
+from alter.units.unit import Unit
 from alter.utils.io import atomic_write_json, cache_path
 
 CONVENTIONS = ('fvcore', 'with_attention')
@@ -38,7 +39,7 @@ class MacTable:
     """Per-unit and total MACs of one backbone at one input size (batch 1).
 
     ``unit_macs[i]`` belongs to ``unit_names[i]``; ``total_macs`` is the whole
-    UNet call, so ``total_macs - prunable_macs`` is always kept.
+    model call, so ``total_macs - prunable_macs`` is always kept.
     """
 
     convention: str
@@ -61,11 +62,11 @@ class MacTable:
         return 1.0 - self.prunable_macs / self.total_macs
 
     def unit_fractions(self) -> torch.Tensor:
-        """(N_L,) float64: each unit's MACs as a fraction of the whole UNet."""
+        """(N_L,) float64: each unit's MACs as a fraction of the whole model."""
         return torch.tensor(self.unit_macs, dtype=torch.float64) / self.total_macs
 
     def keep_ratio(self, masks: torch.Tensor) -> torch.Tensor:
-        """MAC-weighted kept fraction S(m) of the whole UNet.
+        """MAC-weighted kept fraction S(m) of the whole model.
 
         Args:
             masks: (..., N_L) gates in [0, 1]; differentiable.
@@ -86,18 +87,18 @@ class MacTable:
         return dict(d, prunable_macs=self.prunable_macs, units=units)
 
 
-def _architecture(unet: UNet2DConditionModel) -> dict:
-    return {k: v for k, v in dict(unet.config).items() if not k.startswith('_')}
+def _architecture(model: nn.Module) -> dict:
+    return {k: v for k, v in dict(model.config).items() if not k.startswith('_')}
 
 
-def architecture_key(unet: UNet2DConditionModel) -> str:
-    """Stable hash of a UNet's architecture (its config without private keys)."""
-    config = _architecture(unet)
+def architecture_key(model: nn.Module) -> str:
+    """Stable hash of a model's architecture (its config without private keys)."""
+    config = _architecture(model)
     return hashlib.sha1(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def architecture_difference(a: UNet2DConditionModel, b: UNet2DConditionModel) -> List[str]:
-    """The config keys in which two UNets' architectures differ, as ``key: a vs b``."""
+def architecture_difference(a: nn.Module, b: nn.Module) -> List[str]:
+    """The config keys in which two models' architectures differ, as ``key: a vs b``."""
     config_a, config_b = _architecture(a), _architecture(b)
     return [f'{k}: {config_a.get(k)} vs {config_b.get(k)}'
             for k in sorted(set(config_a) | set(config_b))
@@ -105,18 +106,24 @@ def architecture_difference(a: UNet2DConditionModel, b: UNet2DConditionModel) ->
 
 
 class _Call(nn.Module):
-    """UNet call returning a plain tensor, as fvcore's tracer needs."""
+    """One call of the model returning a plain tensor, as fvcore's tracer needs: the
+    conditioning arrives as positional tensors named by ``keys``."""
 
-    def __init__(self, unet: UNet2DConditionModel) -> None:
+    def __init__(self, model: nn.Module, backbone: Backbone, keys: Sequence[str]) -> None:
         super().__init__()
-        self.unet = unet
+        self.model, self.backbone, self.keys = model, backbone, tuple(keys)
 
-    def forward(self, sample, timestep, context):
-        return self.unet(sample, timestep, context, return_dict=False)[0]
+    def forward(self, sample, timestep, *context):
+        return self.backbone.predict(self.model, sample, timestep, dict(zip(self.keys, context)))
 
 
-def _attention_macs(unet: nn.Module) -> Tuple[Dict[str, int], list]:
-    """Hooks recording the matmul MACs of every diffusers ``Attention`` by path."""
+def _attention_macs(model: nn.Module) -> Tuple[Dict[str, int], list]:
+    """Hooks recording the matmul MACs of every diffusers attention module by path.
+
+    Cross-attention: B * Lq * Lk * (inner_q + inner_v) with Lk the context's
+    tokens; joint attention (SD3, Flux double-stream blocks: ``added_kv_proj_dim``
+    set) attends over the image and text tokens together, Lq = Lk = L_img + L_txt.
+    """
     record: Dict[str, int] = {}
 
     def hook(path):
@@ -125,46 +132,51 @@ def _attention_macs(unet: nn.Module) -> Tuple[Dict[str, int], list]:
             ctx = kwargs.get('encoder_hidden_states', args[1] if len(args) > 1 else None)
             lq = x.shape[1] if x.dim() == 3 else x.shape[2] * x.shape[3]
             lk = lq if ctx is None else ctx.shape[1]
+            if ctx is not None and getattr(module, 'added_kv_proj_dim', None) is not None:
+                lq = lk = lq + ctx.shape[1]
             inner = module.to_q.out_features + module.to_v.out_features
             record[path] = int(x.shape[0] * lq * lk * inner)  # shapes are tensors when traced
         return pre_hook
 
     handles = [m.register_forward_pre_hook(hook(p), with_kwargs=True)
-               for p, m in unet.named_modules() if isinstance(m, Attention)]
+               for p, m in model.named_modules()
+               if isinstance(m, (Attention, AttentionModuleMixin))]
     return record, handles
 
 
-def count_module_macs(unet: UNet2DConditionModel, latent_size: Tuple[int, int],
+def count_module_macs(model: nn.Module, latent_size: Tuple[int, int],
                       context_length: int) -> Dict[str, Dict[str, int]]:
-    """MACs of every module (path -> MACs; '' = whole UNet) under each convention.
+    """MACs of every module (path -> MACs; '' = whole model) under each convention.
 
-    One traced forward at batch 1 on the UNet's device counts both conventions.
+    One traced forward at batch 1 on the model's device counts both conventions;
+    the conditioning is the backbone adapter's example (``context_length`` text
+    tokens where the model reads text).
     """
-    if unet.config.get('addition_embed_type') is not None:
-        raise NotImplementedError('MAC counting supports UNets conditioned on timestep and '
-                                  'text context only (SD 1.x / 2.x); this one needs '
-                                  f'addition_embed_type={unet.config.addition_embed_type!r}')
-    p = next(unet.parameters())
+    backbone = backbone_of(model, 'MAC counting')
+    p = next(model.parameters())
     # A private generator: whether the count comes from the cache must not
     # change the global random stream (model initialisation follows).
     g = torch.Generator().manual_seed(0)
-    sample = torch.randn(1, unet.config.in_channels, *latent_size, generator=g)
-    context = torch.randn(1, context_length, unet.config.cross_attention_dim, generator=g)
-    sample, context = (x.to(p.device, p.dtype) for x in (sample, context))
+    sample = torch.randn(1, backbone.latent_channels(model), *latent_size, generator=g)
+    context = backbone.example_context(model, context_length, g)
+    sample = sample.to(p.device, p.dtype)
+    context = {k: v.to(p.device, p.dtype) if v.is_floating_point() else v.to(p.device)
+               for k, v in context.items()}
     timestep = torch.tensor([500], device=p.device)
-    attention, handles = _attention_macs(unet)
+    attention, handles = _attention_macs(model)
     try:
         with torch.no_grad(), warnings.catch_warnings():
             warnings.simplefilter('ignore')  # fvcore's tracer: jit deprecation notes
             from fvcore.nn import FlopCountAnalysis  # heavy import, only when counting
-            analysis = FlopCountAnalysis(_Call(unet).eval(), (sample, timestep, context))
+            call = _Call(model, backbone, list(context)).eval()
+            analysis = FlopCountAnalysis(call, (sample, timestep, *context.values()))
             analysis.unsupported_ops_warnings(False).uncalled_modules_warnings(False)
             by_module = analysis.by_module()
     finally:
         for h in handles:
             h.remove()
-    fv = {k[len('unet.'):] if k.startswith('unet.') else ('' if k in ('', 'unet') else k): int(v)
-          for k, v in by_module.items()}
+    fv = {k[len('model.'):] if k.startswith('model.') else ('' if k in ('', 'model') else k):
+          int(v) for k, v in by_module.items()}
     with_attn = dict(fv)
     for path, macs in attention.items():
         parts = path.split('.')
@@ -174,18 +186,18 @@ def count_module_macs(unet: UNet2DConditionModel, latent_size: Tuple[int, int],
     return dict(fvcore=fv, with_attention=with_attn)
 
 
-def cached_module_macs(unet: UNet2DConditionModel, latent_size: Tuple[int, int],
+def cached_module_macs(model: nn.Module, latent_size: Tuple[int, int],
                        context_length: int, convention: str,
                        cache_dir: Optional[Path] = None) -> Dict[str, int]:
     """``count_module_macs`` for one convention, read from / written to the cache."""
     if convention not in CONVENTIONS:
         raise ValueError(f'unknown MAC convention {convention!r}; expected one of {CONVENTIONS}')
     cache_dir = Path(cache_dir) if cache_dir is not None else cache_path('macs')
-    stem = f'{architecture_key(unet)}_{latent_size[0]}x{latent_size[1]}_ctx{context_length}'
+    stem = f'{architecture_key(model)}_{latent_size[0]}x{latent_size[1]}_ctx{context_length}'
     path = cache_dir / f'{stem}_{convention}.json'
     if path.exists():
         return json.loads(path.read_text())
-    counts = count_module_macs(unet, latent_size, context_length)
+    counts = count_module_macs(model, latent_size, context_length)
     for name, table in counts.items():
         atomic_write_json(cache_dir / f'{stem}_{name}.json', table)
     return counts[convention]
@@ -202,7 +214,7 @@ def unit_macs(units: Sequence[Unit], module_macs: Dict[str, int]) -> List[int]:
     return saved
 
 
-def mac_table(unet: UNet2DConditionModel, units: Sequence[Unit], space: str, resolution: int,
+def mac_table(model: nn.Module, units: Sequence[Unit], space: str, resolution: int,
               latent_scale: int, context_length: int, convention: str = 'fvcore',
               cache_dir: Optional[Path] = None) -> MacTable:
     """Per-unit MACs of ``units`` at ``resolution`` pixels (latent = resolution / latent_scale)."""
@@ -210,7 +222,7 @@ def mac_table(unet: UNet2DConditionModel, units: Sequence[Unit], space: str, res
         raise ValueError(f'resolution {resolution} px is not a multiple of the autoencoder '
                          f'scale factor {latent_scale}')
     latent = (resolution // latent_scale, ) * 2
-    modules = cached_module_macs(unet, latent, context_length, convention, cache_dir)
+    modules = cached_module_macs(model, latent, context_length, convention, cache_dir)
     return MacTable(convention=convention, resolution=resolution, latent_size=latent,
                     context_length=context_length, space=space, total_macs=modules[''],
                     unit_names=[u.name for u in units], unit_kinds=[u.kind for u in units],
