@@ -1,11 +1,11 @@
 # ALTER on the embedded benchmark (Shapes-T2I): 4 experts, sparsity 0.35, from the
 # committed dense teacher (checkpoints/shapes_teacher); the paper's loss weights except
-# the budget's: lambda_ratio = 25 (the paper: 5). On this model the feature-KD term is
-# 5-10x its scale on SD2.1, and with 5 the hypernetwork leaves every unit on (keep ratio
-# 1.0 after 600 updates). With 25 an early checkpoint of the teacher reached the budget in
-# ~150 updates; against the final teacher the gates only start to close after ~450, so a
-# hypernetwork phase (T_end) of a few hundred updates ends above the budget: check the
-# logged keep_ratio_fvcore against 1 - target_sparsity.
+# the budget's: lambda_ratio = 100 (the paper: 5). The budget is a soft penalty whose
+# equilibrium depends on the distillation terms' scale, and on this model the feature-KD
+# term is 5-10x its scale on SD2.1. Hypernetwork-phase runs (seed 0): with 5 every unit
+# stayed on for 600 updates (an early checkpoint of this teacher); on this teacher 25
+# settled at keep ratio 0.88 and stayed there, and 100 reached the 0.65 target within ~40
+# updates and held it (0.60-0.68, fvcore).
 # Sized for the demo on a 2-core CPU: 400 iterations at batch 16, T_end = 200;
 # tools/study.py trains it 300-4000 iterations with T_end at 30 % of them.
 _base_ = [
@@ -25,7 +25,7 @@ model = dict(
         router=dict(type='HyperNetRouter'),
         estimator='straight_through'),
     regularizer=dict(type='LogRatio'),
-    loss_weights=dict(denoise=1e-4, out_kd=1.0, feat_kd=1.0, ratio=25.0, balance=1.0),
+    loss_weights=dict(denoise=1e-4, out_kd=1.0, feat_kd=1.0, ratio=100.0, balance=1.0),
     schedule='joint',
     cond_dropout=0.1)
 
