@@ -62,6 +62,25 @@ def test_differences_are_paired_per_seed_and_pooled(tmp_path):
                                                     for s in plan.seeds]), abs=1e-12)
 
 
+def test_runs_off_their_budget_are_left_out_of_the_comparisons(tmp_path):
+    plan = study.Plan(methods=('ALTER', 'Static'), options=(), seeds=(0, ), iters=8,
+                      lengths=(), few_steps=2, equal_macs_steps=1)
+    (tmp_path / 'per_image').mkdir()
+    for name in ('alter_i8_s0@2', 'static_i8_s0@2', 'dense@1', 'dense@2'):
+        pd.DataFrame({'prompt': range(20), 'paired_dense50/ssim': np.linspace(0, 1, 20)}).to_csv(
+            tmp_path / 'per_image' / f'{name}.csv.gz', index=False)
+    results = pd.DataFrame(dict(point=['dense@1', 'dense@2', 'alter_i8_s0@2', 'static_i8_s0@2'],
+                                run=['dense', 'dense', 'alter_i8_s0', 'static_i8_s0'],
+                                keep_ratio=[1.0, 1.0, 0.899, 0.66],
+                                sparsity=[np.nan, np.nan, 0.35, 0.35]))
+    missed = study.budget_misses(results, plan)
+    assert missed == {'alter_i8_s0@2': 0.899}  # 0.66 is within 0.02 of 0.65; dense has no budget
+    assert study.met_budget(0.631, 0.35, plan) and not study.met_budget(0.6299, 0.35, plan)
+    kept = set(study.differences(tmp_path, plan).comparison)
+    assert {'ALTER - Static', 'ALTER-2 - dense-1', 'ALTER-2 - dense-2'} <= kept
+    assert study.differences(tmp_path, plan, missed).empty  # every comparison involves ALTER
+
+
 def run_study(work_dir, out, plan_source: str, timeout: int):
     """tools/study.py's main with a small Plan, in a subprocess group killed on timeout."""
     code = ('import sys; sys.path.insert(0, "tools"); import study; '
@@ -85,7 +104,7 @@ def test_a_tiny_study_trains_scores_compares_and_resumes(tmp_path):
     plan = ("methods=('ALTER', 'Static'), options=(), seeds=(0, 1), iters=6, lengths=(3, ), "
             "sparsities=(), dense_steps=(2, 3), alter_steps=(3, ), few_steps=2, "
             "reference_steps=3, equal_macs_steps=2, gap_pairs=4, gap_grid=(10, 500, 990), "
-            "num_prompts=8")
+            "num_prompts=8, budget_tolerance=1.0")  # six iterations do not reach the budget
     work_dir, out = tmp_path / 'work', tmp_path / 'out'
     run_study(work_dir, out, plan, timeout=1500)
 

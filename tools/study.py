@@ -29,6 +29,10 @@ run also gets its per-timestep denoising gap (x0-space error against the teacher
 ``OUT/denoising_gap.csv`` (curves) and ``OUT/per_image/gap_<run>.csv.gz``, and its
 routing statistics in ``OUT/routing.csv``.
 
+A run whose final keep ratio is more than 0.02 from its target 1 - s missed its budget:
+it is reported (``budget_met`` in ``OUT/routing.csv``) and left out of every comparison,
+since methods compared "at equal MACs" must have them.
+
 From these it writes ``OUT/summary.csv`` (ablation: mean and range over seeds),
 ``OUT/differences.csv`` (paired bootstrap intervals of ALTER - Static / TwoStage /
 Manual, per seed and pooled, and of ALTER-20 - dense at equal MACs and at 20 steps),
@@ -100,6 +104,7 @@ class Plan:
     gap_pairs: int = 256
     gap_grid: Tuple[int, ...] = tuple(range(10, 1000, 20))  # 50 timesteps
     num_prompts: int = 1000
+    budget_tolerance: float = 0.02  # |keep ratio - (1 - sparsity)| of a run that met its budget
 
 
 PLAN = Plan()
@@ -351,13 +356,29 @@ def append_row(row: dict, path: Path, lock_file: Path) -> pd.DataFrame:
     return table
 
 
-def routing_row(run: Run, checkpoint: Path, work_dir: Path, costs: Dict[str, MacTable]) -> dict:
+def met_budget(keep_ratio: float, sparsity: float, plan: Plan) -> bool:
+    """Whether a run's final keep ratio (fvcore MACs, averaged over timesteps) is within
+    ``plan.budget_tolerance`` of its target 1 - s."""
+    return abs(keep_ratio - (1 - sparsity)) <= plan.budget_tolerance
+
+
+def budget_misses(results: pd.DataFrame, plan: Plan) -> Dict[str, float]:
+    """Points whose run missed its budget -> their keep ratio. Methods compared at
+    "equal MACs" must have equal MACs, so these are left out of every comparison."""
+    students = results[results.run != 'dense'] if 'run' in results else results
+    return {row.point: row.keep_ratio for row in students.itertuples()
+            if not met_budget(row.keep_ratio, row.sparsity, plan)}
+
+
+def routing_row(run: Run, checkpoint: Path, work_dir: Path, costs: Dict[str, MacTable],
+                plan: Plan) -> dict:
     """Routing statistics of a run's final table and of its training log."""
     experts = load_experts(checkpoint)
     route = torch.tensor(experts.route)
+    keep_ratio = experts.keep_ratios(costs)['fvcore']
     row = dict(run=run.name, method=run.method, seed=run.seed, iters=run.iters,
-               sparsity=run.sparsity, segments=routing_segments(route),
-               keep_ratio=experts.keep_ratios(costs)['fvcore'])
+               sparsity=run.sparsity, segments=routing_segments(route), keep_ratio=keep_ratio,
+               budget_met=met_budget(keep_ratio, run.sparsity, plan))
     for e in range(experts.num_experts):
         own = (route == e).long()
         row[f'expert{e}_usage'] = own.float().mean().item()
@@ -431,11 +452,14 @@ def comparisons(plan: Plan) -> List[Tuple[str, Optional[int], str, str]]:
     return pairs
 
 
-def differences(out: Path, plan: Plan) -> pd.DataFrame:
+def differences(out: Path, plan: Plan, missed: Sequence[str] = ()) -> pd.DataFrame:
     """Paired differences of every comparison and metric, per seed and pooled over seeds
-    (the per-image differences of all seeds together: a bootstrap over (seed, prompt))."""
+    (the per-image differences of all seeds together: a bootstrap over (seed, prompt));
+    comparisons with a point in ``missed`` (a run off its budget) are left out."""
     rows, pools = [], {}
     for label, seed, a, b in comparisons(plan):
+        if a in missed or b in missed:
+            continue
         for metric in COMPARED + COMPARED_GAPS:
             x, y = point_scores(out, a, metric), point_scores(out, b, metric)
             if x is None or y is None:
@@ -548,7 +572,7 @@ def write_derived(work_dir: Path, out: Path, plan: Plan, results: pd.DataFrame,
     trained = [r for r in study_runs(plan)
                if (checkpoint_dir(r, work_dir) / 'experts.json').exists()]
     if trained:
-        write_csv(pd.DataFrame([routing_row(r, checkpoint_dir(r, work_dir), work_dir, costs)
+        write_csv(pd.DataFrame([routing_row(r, checkpoint_dir(r, work_dir), work_dir, costs, plan)
                                 for r in trained]), out / 'routing.csv')
     gap_files = {r: out / 'per_image' / f'gap_{r.name}.csv.gz' for r in trained}
     curves = [gap_curve(r, plan, pd.read_csv(path)) for r, path in gap_files.items()
@@ -560,7 +584,11 @@ def write_derived(work_dir: Path, out: Path, plan: Plan, results: pd.DataFrame,
     summary_table = summarise(results, out, plan)
     if not summary_table.empty:
         print(summary_table.to_string(float_format=lambda v: f'{v:.4g}'))
-    compared = differences(out, plan)
+    missed = budget_misses(results, plan)
+    for point, keep_ratio in missed.items():
+        print(f'{point} missed its budget (keep ratio {keep_ratio:.3f}, target within '
+              f'{plan.budget_tolerance} of 1 - sparsity): left out of the comparisons', flush=True)
+    compared = differences(out, plan, missed)
     if not compared.empty:
         write_csv(compared, out / 'differences.csv')
     runs_copied = copy_run_logs(work_dir, out, plan)
