@@ -152,9 +152,30 @@ def test_efficientnet_lite0_classifies_a_photo_and_separates_images(effnet, val_
     features = effnet(val_batch['image'][:3])
     assert features.shape == (3, 1280) and features.dtype == torch.float32
     assert torch.isfinite(features).all()
-    assert torch.equal(effnet(val_batch['image'][:1]), features[:1])  # batch-independent
     distinct = torch.cdist(features, features)[~torch.eye(3, dtype=torch.bool)]
     assert distinct.min() > 0.1 * features.norm(dim=1).mean()
+
+
+def test_efficientnet_lite0_features_are_memoised_by_image_content(val_batch):
+    effnet = EfficientNetLite0Features()
+    effnet._memo = type(effnet._memo)()  # this instance's own memo, empty
+    images = val_batch['image'][10:16]
+    direct = effnet.model.extract_features(effnet.preprocess(images)).mean(dim=(2, 3))
+    passed = []
+    effnet.model._conv_stem.register_forward_hook(lambda m, args, out: passed.append(len(out)))
+    first = effnet(images[:4])
+    assert passed == [4] and torch.allclose(first, direct[:4], atol=1e-5)
+    # Seen images come from the memo, a repeated new one passes once: only 2 images run.
+    batch = torch.cat([images[2:6], images[5:6]])
+    again = effnet(batch)
+    assert passed == [4, 2] and torch.allclose(again, direct[[2, 3, 4, 5, 5]], atol=1e-5)
+    # The key is the content: a changed pixel is another image.
+    changed = images[:1].clone()
+    changed[0, 0, 0, 0] += 0.5
+    effnet(changed)
+    assert passed == [4, 2, 1]
+    effnet.memo_size = 3  # oldest first out; the batch still gets all its features
+    assert torch.allclose(effnet(images[:5]), direct[:5], atol=1e-5) and len(effnet._memo) == 3
 
 
 def test_efficientnet_lite0_checkpoint_expects_minus_one_to_one_inputs(effnet):

@@ -383,13 +383,12 @@ def routing_row(run: Run, checkpoint: Path, work_dir: Path, costs: Dict[str, Mac
         own = (route == e).long()
         row[f'expert{e}_usage'] = own.float().mean().item()
         row[f'expert{e}_segments'] = int(((own[1:] == 1) & (own[:-1] == 0)).sum() + own[0])
-    logs = sorted((work_dir / run.name).glob('*/vis_data/scalars.json'))
-    if logs:
-        scalars = pd.read_json(logs[-1], lines=True)
-        hyper = scalars.dropna(subset=['hyper/router_entropy']) \
-            if 'hyper/router_entropy' in scalars else pd.DataFrame()
-        if len(hyper):
-            row['router_entropy_final'] = float(hyper['hyper/router_entropy'].iloc[-1])
+    # A resumed run has one log per session; the last that logged the router counts.
+    for log in sorted((work_dir / run.name).glob('*/vis_data/scalars.json'), reverse=True):
+        scalars = pd.read_json(log, lines=True)
+        if 'hyper/router_entropy' in scalars and scalars['hyper/router_entropy'].notna().any():
+            row['router_entropy_final'] = float(scalars['hyper/router_entropy'].dropna().iloc[-1])
+            break
     return row
 
 
@@ -507,9 +506,12 @@ def copy_run_logs(work_dir: Path, out: Path, plan: Plan) -> List[Path]:
         if not logs or not (source / 'experts.json').exists():
             continue
         target = out / 'runs' / name
-        (target / 'log' / 'vis_data').mkdir(parents=True, exist_ok=True)
+        target.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(source / 'experts.json', target / 'experts.json')
-        shutil.copyfile(logs[-1], target / 'log' / 'vis_data' / 'scalars.json')
+        for log in logs:  # every session of a resumed run; analysis/ merges them
+            session = target / log.parent.parent.name / 'vis_data'
+            session.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(log, session / 'scalars.json')
         copied.append(target)
     return copied
 

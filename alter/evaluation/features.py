@@ -15,6 +15,7 @@ local weights.
 import hashlib
 import json
 import os
+from collections import OrderedDict
 from pathlib import Path
 from typing import Iterable, Iterator, Optional, Sequence, Union
 
@@ -37,6 +38,12 @@ def check_images(images: torch.Tensor) -> None:
     if images.ndim != 4 or images.shape[1] != 3 or not images.is_floating_point():
         raise ValueError('expected float images (B, 3, H, W) in [-1, 1], got '
                          f'{images.dtype} {tuple(images.shape)}')
+
+
+def image_key(image: torch.Tensor) -> bytes:
+    """Content key of one float image (3, H, W): its shape and float32 bytes."""
+    data = image.detach().float().cpu().contiguous().numpy()
+    return hashlib.blake2b(data.tobytes() + str(data.shape).encode(), digest_size=16).digest()
 
 
 class FeatureExtractor(nn.Module):
@@ -93,9 +100,28 @@ class EfficientNetLite0Features(FeatureExtractor):
                           antialias=True)
         return x.contiguous(memory_format=torch.channels_last)
 
+    # The benchmark scores each image set with several metrics in this one feature space
+    # (FID, KID, alignment, paired fidelity against references that recur across methods),
+    # so features are memoised by image content: each image passes the network once per
+    # process (a study point: 1 pass over its images instead of 7). Frozen network, so
+    # the memo holds no gradients.
+    _memo: 'OrderedDict[bytes, torch.Tensor]' = OrderedDict()
+    memo_size = 20000  # images; 5 KB of features each
+
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        maps = self.model.extract_features(self.preprocess(images))  # (B, 1280, 7, 7)
-        return maps.mean(dim=(2, 3))
+        keys = [image_key(image) for image in images]
+        first = {}  # key not in the memo -> its first index in the batch
+        for i, key in enumerate(keys):
+            if key not in self._memo:
+                first.setdefault(key, i)
+        if first:
+            index = list(first.values())
+            maps = self.model.extract_features(self.preprocess(images[index]))  # (B, 1280, 7, 7)
+            self._memo.update(zip(first, maps.mean(dim=(2, 3)).cpu()))
+        features = torch.stack([self._memo[key] for key in keys]).to(images.device)
+        while len(self._memo) > self.memo_size:  # oldest first
+            self._memo.popitem(last=False)
+        return features
 
     def logits(self, images: torch.Tensor) -> torch.Tensor:
         """ImageNet class logits (B, 1000), to check that the network really classifies."""
