@@ -21,6 +21,8 @@ from mmengine.registry import OPTIM_WRAPPERS as MMENGINE_OPTIM_WRAPPERS
 from mmengine.registry import OPTIMIZERS as MMENGINE_OPTIMIZERS
 from mmengine.registry import PARAM_SCHEDULERS as MMENGINE_PARAM_SCHEDULERS
 from mmengine.registry import TRANSFORMS as MMENGINE_TRANSFORMS
+from mmengine.registry import VISBACKENDS as MMENGINE_VISBACKENDS
+from mmengine.registry import VISUALIZERS as MMENGINE_VISUALIZERS
 from mmengine.registry import Registry
 
 
@@ -70,6 +72,10 @@ OPTIM_WRAPPERS = _child('optimizer wrapper', MMENGINE_OPTIM_WRAPPERS)
 OPTIM_WRAPPER_CONSTRUCTORS = _child('optimizer wrapper constructor',
                                     MMENGINE_OPTIM_WRAPPER_CONSTRUCTORS)
 PARAM_SCHEDULERS = _child('parameter scheduler', MMENGINE_PARAM_SCHEDULERS)
+# Logging: mmengine's Visualizer and its backends (local scalars.json, TensorBoard, W&B) are
+# found through the parents; the children let the Runner resolve them in scope 'alter'.
+VISUALIZERS = _child('visualizer', MMENGINE_VISUALIZERS)
+VISBACKENDS = _child('visualization backend', MMENGINE_VISBACKENDS)
 
 # ALTER's own axes (standalone: no mmengine parent).
 PRUNING_SPACES = AlterRegistry('pruning space', scope='alter', locations=['alter'])

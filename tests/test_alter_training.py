@@ -11,6 +11,7 @@ from diffusers import DDPMScheduler
 from mmengine.config import Config
 from mmengine.optim import OptimWrapper, OptimWrapperDict
 from mmengine.runner import Runner
+from tensorboard.backend.event_processing import event_accumulator
 
 from alter.engine.checkpoint import trust_local_checkpoints
 from alter.engine.optim import SubmoduleOptimWrapperConstructor
@@ -347,3 +348,20 @@ def test_routing_smoothness_term_is_off_by_default_and_weighted_when_set():
     assert logs[0.0]['hyper/loss_smooth'] == 0 < logs[2.0]['hyper/loss_smooth']
     assert logs[2.0]['hyper/loss'] > logs[0.0]['hyper/loss']
     assert {'routing_segments'} <= set(logs[0.0]) and 1 <= logs[0.0]['routing_segments'] <= 1000
+
+
+def test_tensorboard_backend_logs_beside_the_local_scalars(tmp_path):
+    cfg = tiny_cfg(tmp_path, **{'train_cfg.max_iters': 2, 'model.hypernet_iters': 2})
+    cfg.visualizer = dict(type='Visualizer', vis_backends=[dict(type='LocalVisBackend'),
+                                                           dict(type='TensorboardVisBackend')])
+    train(cfg)
+    # The Runner looked up the Visualizer and its backends in scope 'alter' without falling back.
+    log = sorted(tmp_path.glob('*/*.log'))[-1].read_text()
+    assert 'Failed to search registry' not in log
+    assert [row['iter'] for row in scalars(tmp_path)] == [1, 2]  # what analysis/ reads
+    events = event_accumulator.EventAccumulator(str(next(tmp_path.glob('*/vis_data'))))
+    events.Reload()
+    losses = events.Scalars('unet/loss')
+    assert [event.step for event in losses] == [1, 2]
+    assert [event.value for event in losses] == pytest.approx(
+        [row['unet/loss'] for row in scalars(tmp_path)])

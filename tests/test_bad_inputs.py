@@ -622,6 +622,13 @@ def test_16_bit_png_is_scaled_not_clipped(tmp_path):
 
 # -- clear messages --------------------------------------------------------------------------
 
+def test_missing_config_names_it_and_the_directory(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    status, message = exits(capsys, 'train', 'configs/nowhere.py')
+    assert status == 1 and 'config configs/nowhere.py does not exist' in message
+    assert f'taken from the current directory, {tmp_path})' in message
+
+
 def test_config_syntax_error_names_the_file(tmp_path, capsys):
     base = tmp_path / 'base.py'
     base.write_text('model = dict(\n    type="ALTER",\n    num_experts=4 target_sparsity=0.35)\n')

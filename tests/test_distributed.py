@@ -120,3 +120,32 @@ def test_bad_wrapper_settings_are_refused():
         SubmoduleParallel(model, shard=['unett'])
     with pytest.raises(ValueError, match="dtype names such as 'bfloat16'.*got 'bf16'"):
         SubmoduleParallel(model, shard=['unet'], mixed_precision=dict(param_dtype='bf16'))
+
+
+def _dist_train(*args, cwd=ROOT, timeout=30) -> subprocess.CompletedProcess:
+    return subprocess.run(['bash', f'{ROOT}/tools/dist_train.sh', *args], cwd=cwd,
+                          env=dict(ENV, PYTHON=sys.executable), capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def test_dist_train_help_and_missing_arguments():
+    shown = _dist_train('--help')
+    assert shown.returncode == 0 and shown.stdout.startswith('usage: tools/dist_train.sh CONFIG')
+    for args, problem in [((), 'expected CONFIG and NUM_GPUS, got 0'),
+                          ((TINY,), 'expected CONFIG and NUM_GPUS, got 1'),
+                          ((TINY, 'two'), "NUM_GPUS must be a positive integer, got 'two'")]:
+        refused = _dist_train(*args)
+        assert refused.returncode == 2 and problem in refused.stderr, refused.stderr
+        assert 'usage: tools/dist_train.sh CONFIG NUM_GPUS' in refused.stderr
+
+
+def test_dist_train_takes_relative_paths_from_the_callers_directory(tmp_path):
+    (tmp_path / 'mine.py').write_text(f"_base_ = ['{ROOT}/{TINY}']\n")
+    (tmp_path / 'runs').mkdir()
+    (tmp_path / 'runs' / 'cut.pth').write_bytes(b'cut off')
+    # Both relative paths are found in tmp_path: the config loads, and training stops at the
+    # checkpoint, refused as cut off (before any process group starts).
+    result = _dist_train('mine.py', '1', '--resume', 'runs/cut.pth', cwd=tmp_path, timeout=300)
+    assert result.returncode != 0
+    assert '--resume runs/cut.pth: the checkpoint is incomplete (7 bytes' in result.stderr, \
+        result.stderr[-3000:]

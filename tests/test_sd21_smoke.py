@@ -12,6 +12,7 @@ import subprocess
 import sys
 
 import numpy as np
+import open_clip
 import pytest
 import torch
 from PIL import Image
@@ -55,7 +56,6 @@ def test_random_components_encode_with_sd21_shapes():
 
 
 def test_tokenizer_from_open_clip_vocabulary_gives_open_clip_ids():
-    open_clip = pytest.importorskip('open_clip')
     tokenizer = CLIPTextEncoder(load_weights=False, arch=TINY_TEXT).tokenizer
     assert len(tokenizer) == 49408
     captions = ['A photo of an astronaut riding a horse, 4k.', 'Two  "quoted"\twords émoji 😀',

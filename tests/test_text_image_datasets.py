@@ -4,9 +4,12 @@ import json
 import logging
 import os
 import pickle
+import sys
 import tarfile
 
+import datasets
 import pandas as pd
+import pyarrow as pa
 import pytest
 import torch
 from mmengine.logging import MMLogger
@@ -327,13 +330,10 @@ def _parquet_frames():
                           'caption': ['green'], 'key': ['g']})]
 
 
-def test_parquet_captions_reads_bytes_and_hf_dicts(tmp_path, monkeypatch):
-    # Parquet engines are optional: serve the tables from a stand-in reader.
+def test_parquet_captions_reads_bytes_and_hf_dicts(tmp_path):
     files = [tmp_path / 'a.parquet', tmp_path / 'b.parquet']
-    tables = dict(zip(map(str, files), _parquet_frames()))
-    for file in files:
-        file.touch()
-    monkeypatch.setattr(pd, 'read_parquet', lambda path: tables[path])
+    for file, frame in zip(files, _parquet_frames()):
+        frame.to_parquet(file)
     dataset = ParquetCaptions(str(tmp_path / '*.parquet'), transform=TRANSFORM)
     assert len(dataset) == 3
     first, second = dataset[0], dataset[1]
@@ -342,47 +342,28 @@ def test_parquet_captions_reads_bytes_and_hf_dicts(tmp_path, monkeypatch):
     assert (second['key'], second['caption']) == ('b.parquet:0', 'green')  # row 1 is corrupt
     assert_colour(second['image'], 'green', atol=0)
     assert dataset.num_skipped == 1
-    keyed = ParquetCaptions([str(f) for f in files], key_column='key', transform=TRANSFORM)
-    assert [keyed[i]['key'] for i in (0, 2)] == ['r', 'g']
+    keyed = DATASETS.build(dict(type='ParquetCaptions', path=str(tmp_path / '{a,b}.parquet'),
+                                key_column='key', transform=TRANSFORM))
+    assert [keyed[i]['key'] for i in range(3)] == ['r', 'g', 'g']
     with pytest.raises(ValueError, match=r"no column 'img'.*image_column="):
         ParquetCaptions(str(files[0]), image_column='img')
 
 
-def test_parquet_round_trip_with_pyarrow(tmp_path):
-    pytest.importorskip('pyarrow')
-    for name, frame in zip('ab', _parquet_frames()):
-        frame.to_parquet(tmp_path / f'{name}.parquet')
-    dataset = DATASETS.build(dict(type='ParquetCaptions', path=str(tmp_path / '{a,b}.parquet'),
-                                  key_column='key', transform=TRANSFORM))
-    assert [dataset[i]['key'] for i in range(3)] == ['r', 'g', 'g']
-    assert_colour(dataset[2]['image'], 'green', atol=0)
-
-
-def _importable(name: str) -> bool:
-    try:
-        __import__(name)
-    except ImportError:
-        return False
-    return True
-
-
-@pytest.mark.skipif(_importable('pyarrow') or _importable('fastparquet'),
-                    reason='a parquet engine is installed')
-def test_parquet_without_engine_names_pyarrow(tmp_path):
-    pd.DataFrame({'a': [1]}).to_csv(tmp_path / 'a.parquet')  # any file: reading fails first
+def test_parquet_without_engine_names_pyarrow(tmp_path, monkeypatch):
+    pd.DataFrame({'a': [1]}).to_parquet(tmp_path / 'a.parquet')
+    for engine in ('pyarrow.parquet', 'fastparquet'):  # None in sys.modules: not importable
+        monkeypatch.setitem(sys.modules, engine, None)
     with pytest.raises(ImportError, match='pip install pyarrow'):
         ParquetCaptions(str(tmp_path / 'a.parquet'))
 
 
-@pytest.mark.skipif(_importable('datasets'), reason='datasets is installed')
-def test_hf_disk_dataset_without_datasets_names_it(tmp_path):
+def test_hf_disk_dataset_without_datasets_names_it(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, 'datasets', None)
     with pytest.raises(ImportError, match='pip install datasets'):
         HFDiskDataset(str(tmp_path))
 
 
 def test_hf_disk_dataset(tmp_path):
-    datasets = pytest.importorskip('datasets')
-    import pyarrow as pa
     features = datasets.Features({'image': datasets.Image(), 'text': datasets.Value('string'),
                                   'id': datasets.Value('string')})
     rows = features.encode_batch({

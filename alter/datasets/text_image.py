@@ -521,7 +521,7 @@ def _read_parquet(path: str) -> pd.DataFrame:
 class HFDiskDataset(CaptionedImageDataset):
     """A dataset written by HF ``datasets``' ``save_to_disk`` (memory-mapped, not loaded).
 
-    Needs the ``datasets`` package, which alter does not depend on.
+    Needs the ``datasets`` package, which only alter's ``tests`` extra installs.
 
     Args:
         path: the folder ``save_to_disk`` wrote.

