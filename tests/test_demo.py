@@ -23,7 +23,10 @@ def demo(work_dir, *args):
 @pytest.mark.slow  # minutes: the proxy FID's features of 2,000 reference renders
 def test_demo_compares_its_run_with_dense_and_a_shipped_checkpoint(tmp_path):
     first = tmp_path / 'first'
-    demo(first)
+    _, results = demo(first)  # with the committed checkpoint, trained to the study's length
+    assert results['settings']['shipped'] == 'checkpoints/shapes_alter_e4_s35'
+    shipped = results['experts']['ALTER-3 (shipped)']
+    assert shipped['num_experts'] == 4 and abs(shipped['keep_ratio']['fvcore'] - 0.65) < 0.02
     # The first run's checkpoint stands in for the shipped one.
     output, results = demo(tmp_path / 'second', '--shipped', str(first / 'alter_checkpoint'))
     rows = {row['method']: row for row in results['rows']}

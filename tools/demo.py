@@ -6,9 +6,10 @@ trained ALTER checkpoint, ``--shipped``).
         [--threads 1] [--shipped CHECKPOINT]
 
 Methods: dense-50, dense-20, dense-13 (the dense step count with ALTER-20's MACs),
-``ALTER-20 (this run)`` -- the demo's own short training run -- and, with
-``--shipped``, ``ALTER-20 (shipped)`` -- e.g. a checkpoint of ``tools/study.py``'s
-2,000-iteration runs (``work_dirs/study/alter_i2000_s0/checkpoint``). Prints a table (keep ratio, MACs per generation, measured speedups,
+``ALTER-20 (this run)`` -- the demo's own short training run (400 iterations) -- and
+``ALTER-20 (shipped)`` -- ``checkpoints/shapes_alter_e4_s35``, ALTER trained to the study's
+length (2,000 iterations, ``tools/study.py``'s seed-0 run; ``--shipped`` picks another
+checkpoint, ``--shipped ''`` none). Prints a table (keep ratio, MACs per generation, measured speedups,
 proxy FID/KID, attribute accuracy, alignment, SSIM to dense-50, each with its bootstrap
 95 % interval over prompts) and writes ``results.json`` and ``grid.png`` (prompts x
 methods) into the work dir. The quality metrics are the benchmark's proxies
@@ -36,6 +37,8 @@ from alter.inference.routing import ExpertRouter
 from alter.utils.io import atomic_write_json
 from alter.utils.timing import interleaved
 
+SHIPPED = 'checkpoints/shapes_alter_e4_s35'
+
 
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
@@ -44,8 +47,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument('--seed', type=int, default=0, help='training and sampling seed')
     parser.add_argument('--num-prompts', type=int, default=300)
     parser.add_argument('--steps', type=int, nargs=2, default=(50, 20), metavar=('DENSE', 'FEW'))
-    parser.add_argument('--shipped', default='',
-                        help='a trained ALTER checkpoint to compare with (default: none)')
+    parser.add_argument('--shipped', default=SHIPPED,
+                        help=f"a trained ALTER checkpoint to compare with (default: {SHIPPED}, "
+                        "the study's 2,000-iteration seed-0 run; '' for none)")
     parser.add_argument('--threads', type=int, default=1,
                         help='torch threads for training, sampling and timing')
     parser.add_argument('--guidance', type=float, default=3.0)
