@@ -30,27 +30,25 @@ def random_experts(unet, num_experts=3, seed=0, space='paper') -> ExpertSet:
         weights_fingerprint=weights_fingerprint(unet)))
 
 
-class SoftRouted(torch.nn.Module):
-    """The oracle: the same routing as soft gates, every unit computed and blended."""
+def gated_blend(unet, experts: ExpertSet, batch: int):
+    """The oracle of routed sampling: a copy of ``unet`` whose units all run and are blended
+    with the binary gates of each step's expert, and the sampler's ``on_step`` setting them
+    for a model batch of ``batch`` (both guidance halves)."""
+    oracle = copy.deepcopy(unet)
+    gating = UnitGating(PRUNING_SPACES.build(dict(type=experts.space)).find(oracle))
 
-    def __init__(self, unet, experts):
-        super().__init__()
-        self.unet, self.experts = unet, experts
-        self.gating = UnitGating(PRUNING_SPACES.build(dict(type=experts.space)).find(unet))
-        self.config = unet.config
+    def on_step(index, timestep, expert):
+        mask = torch.tensor(experts.masks[experts.expert_at(timestep)], dtype=torch.float32)
+        gating.set_gates(mask.expand(batch, -1))
 
-    def forward(self, x, t, context):
-        mask = torch.tensor(self.experts.masks[self.experts.expert_at(float(t))],
-                            dtype=torch.float32)
-        with self.gating.soft(mask.expand(x.shape[0], -1)):
-            return self.unet(x, t, context)
+    return oracle, on_step
 
 
 @pytest.mark.parametrize('scheduler', sorted(SCHEDULERS))
 def test_routed_sampling_equals_gated_blend(scheduler):
     unet = build_tiny_unet()
     experts = random_experts(unet)
-    oracle = SoftRouted(copy.deepcopy(unet), experts)
+    oracle, blend = gated_blend(unet, experts, batch=4)
     router = ExpertRouter(unet, experts)
     noise = initial_noise([1, 2], (12, 16, 16))
     context, uncond = torch.randn(2, 8, 32), torch.zeros(2, 8, 32)
@@ -59,7 +57,7 @@ def test_routed_sampling_equals_gated_blend(scheduler):
                   guidance_scale=2.5, router=router,
                   on_step=lambda i, t, e: seen.append((t, e)))
     soft = sample(oracle, build_sampling_scheduler(scheduler, NOISE), noise, context, uncond, 7,
-                  guidance_scale=2.5)
+                  guidance_scale=2.5, on_step=blend)
     assert (hard - soft).abs().max() <= 1e-4
     # Every step ran the expert of its (rounded) timestep, and more than one expert ran.
     assert all(e == experts.route[min(max(round(t), 0), 999)] for t, e in seen)

@@ -1,5 +1,8 @@
 """Measured speed of routed experts against the dense UNet, beside the MAC ratios.
 
+The UNet is any supported denoiser (a diffusion transformer too), called through
+its backbone adapter with its example conditioning.
+
     python tools/benchmark_speed.py configs/_base_/models/sd21_unet.py --latent 32
     python tools/benchmark_speed.py CONFIG --checkpoint DIR      # a trained ALTER checkpoint
 
@@ -22,7 +25,9 @@ import torch
 from alter.inference.experts import ExpertSet, load_experts, load_unet, weights_fingerprint
 from alter.inference.routing import ExpertRouter, TimestepRouting, call_timestep
 from alter.inference.sampler import build_sampling_scheduler, sample
+from alter.models.conditioning import context_to, map_context
 from alter.registry import MODELS, PRUNING_SPACES
+from alter.units.backbones import backbone_of
 from alter.units.macs import architecture_key, mac_table
 from alter.utils.cli import open_fraction, positive_int, run_tool
 from alter.utils.config import load_config
@@ -65,28 +70,28 @@ def synthetic_expert(unet, space: str, costs, sparsity: float) -> ExpertSet:
                      dict(key=architecture_key(unet)), {}, weights_fingerprint(unet))
 
 
-def timestep_read(unet, router: ExpertRouter, x, t, context, args, noise_config: dict,
-                  sync) -> dict:
+def timestep_read(call, router: ExpertRouter, t, args, noise_config: dict, sync) -> dict:
     """Seconds per UNet call that routing by the received timestep adds.
 
-    Both loops make the same N2 UNet calls on the schedule's device timesteps, as
-    pipelines pass them; one routes from a host copy of the schedule, the other
+    ``call(timestep)`` calls the router's UNet on the benchmark's batch. Both loops
+    make the same N2 UNet calls on the schedule's device timesteps, as pipelines
+    pass them; one routes from a host copy of the schedule, the other
     (``TimestepRouting``) reads each received timestep, syncing the device. Also
     the read alone, on a device that has finished its work.
     """
     scheduler = build_sampling_scheduler(args.scheduler, noise_config)
-    scheduler.set_timesteps(args.steps[1], device=x.device)
+    scheduler.set_timesteps(args.steps[1], device=t.device)
     timesteps, host = scheduler.timesteps, scheduler.timesteps.tolist()
 
     def from_host():
         for i, step in enumerate(timesteps):
             router.select(host[i])
-            unet(x, step, context)
+            call(step)
 
     def from_read():
         routing = TimestepRouting(router)
         for step in timesteps:
-            unet(x, step, context)
+            call(step)
         routing.remove()
 
     loops = interleaved({'host': from_host, 'read': from_read}, args.repeats, sync)
@@ -113,6 +118,7 @@ def main(argv=None) -> None:
     else:
         unet, experts = MODELS.build(dict(model_cfg.unet, load_weights=False)), None
     unet = unet.eval()
+    backbone = backbone_of(unet, 'benchmark_speed')
     latent = args.latent or model_cfg.resolution // model_cfg.get('latent_scale', 8)
     scale = model_cfg.get('latent_scale', 8)
     context_length = model_cfg.get('context_length', 77)
@@ -124,20 +130,26 @@ def main(argv=None) -> None:
     router = ExpertRouter(unet, experts)
 
     batch = 2 * args.batch  # classifier-free guidance
-    x = torch.randn(batch, unet.config.in_channels, latent, latent, device=device, dtype=dtype)
-    context = torch.randn(batch, context_length, unet.config.cross_attention_dim, device=device,
-                          dtype=dtype)
+    channels = backbone.latent_channels(unet)
+    x = torch.randn(batch, channels, latent, latent, device=device, dtype=dtype)
+    example = backbone.example_context(unet, context_length, torch.Generator().manual_seed(0))
+    context = context_to(map_context(lambda c: c.repeat(batch, *[1] * (c.dim() - 1)), example),
+                         device, dtype)
     t = torch.tensor(500, device=device)
+
+    def call(timestep: torch.Tensor) -> None:
+        """One call on the guidance batch at a (0-d) timestep, as a pipeline makes it."""
+        backbone.predict(unet, x, timestep.expand(batch), context)
     expert = experts.expert_at(500)  # the expert of the timestep the per-step timing uses
     keep = costs.keep_ratio(torch.tensor(experts.masks[expert], dtype=torch.float64)).item()
 
     def dense_call():
         router.dense()
-        unet(x, t, context)
+        call(t)
 
     def expert_call():
         router.select(500)
-        unet(x, t, context)
+        call(t)
 
     step = interleaved({'dense': dense_call, 'expert': expert_call}, args.repeats, sync)
     lookups = 10_000
@@ -149,11 +161,11 @@ def main(argv=None) -> None:
 
     noise_config = dict(model_cfg.noise_scheduler)
     dense_steps, alter_steps = args.steps
-    read = timestep_read(unet, router, x, t, context, args, noise_config, sync)
+    read = timestep_read(call, router, t, args, noise_config, sync)
 
-    noise = torch.randn(args.batch, unet.config.in_channels, latent, latent, device=device,
-                        dtype=dtype)
-    cond, uncond = context[:args.batch], context[args.batch:]
+    noise = torch.randn(args.batch, channels, latent, latent, device=device, dtype=dtype)
+    cond = map_context(lambda c: c[:args.batch], context)
+    uncond = map_context(lambda c: c[args.batch:], context)
 
     def loop(steps, routed):
         return lambda: sample(unet, build_sampling_scheduler(args.scheduler, noise_config), noise,

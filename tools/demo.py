@@ -2,12 +2,19 @@
 compare it on the same prompts and seeds with the dense teacher (and with a longer
 trained ALTER checkpoint, ``--shipped``).
 
-    python tools/demo.py [--work-dir work_dirs/demo] [--seed 0] [--num-prompts 300]
-        [--threads 1] [--shipped CHECKPOINT]
+    python tools/demo.py [--backbone unet|dit] [--work-dir work_dirs/demo] [--seed 0]
+        [--num-prompts 300] [--threads 1] [--shipped CHECKPOINT]
+
+``--backbone`` picks the benchmark's denoiser: ``unet`` (default; the mini LDM's
+UNet, ``configs/alter/shapes_e4_s35.py``) or ``dit`` (the tiny PixArt-style
+transformer, ``configs/alter/shapes_dit_e4_s35.py``); ``--config`` runs another
+ALTER config of that backbone (an ablation). The dense teacher the config starts
+from must exist: if it does not, the demo stops and prints the commands that
+train and export it.
 
 Methods: dense-50, dense-20, dense-13 (the dense step count with ALTER-20's MACs),
 ``ALTER-20 (this run)`` -- the demo's own short training run (400 iterations) -- and
-``ALTER-20 (shipped)`` -- ``checkpoints/shapes_alter_e4_s35``, ALTER trained to the study's
+``ALTER-20 (shipped)`` -- for the UNet ``checkpoints/shapes_alter_e4_s35``, ALTER trained to the study's
 length (2,000 iterations, ``tools/study.py``'s seed-0 run; ``--shipped`` picks another
 checkpoint, ``--shipped ''`` none). Prints a table (keep ratio, MACs per generation, measured speedups,
 proxy FID/KID, attribute accuracy, alignment, SSIM to dense-50, each with its bootstrap
@@ -18,10 +25,12 @@ MiniLM/EfficientNet scorer), not Inception FID or CLIP. Everything runs on ``--t
 threads (default 1), so the numbers do not depend on the machine's core count.
 """
 import argparse
+import copy
 import platform
 import time
 import uuid
 from pathlib import Path
+from typing import List
 
 import torch
 from mmengine.config import Config, DictAction
@@ -34,22 +43,33 @@ from alter.evaluation.image_store import from_uint8, to_uint8
 from alter.inference.experts import load_experts, load_unet, save_checkpoint
 from alter.inference.pipeline import TextToImage, generation_gmacs
 from alter.inference.routing import ExpertRouter
+from alter.utils.cli import InputError, run_tool
 from alter.utils.io import atomic_write_json
 from alter.utils.timing import interleaved
 
-SHIPPED = 'checkpoints/shapes_alter_e4_s35'
+# The benchmark's backbones: the ALTER config the demo trains, the config of the dense
+# teacher it starts from (whose header holds the commands that make the teacher) and the
+# shipped ALTER checkpoint trained to the study's length ('' while there is none).
+BACKBONES = {
+    'unet': ('configs/alter/shapes_e4_s35.py', 'configs/teacher/shapes_dense.py',
+             'checkpoints/shapes_alter_e4_s35'),
+    'dit': ('configs/alter/shapes_dit_e4_s35.py', 'configs/teacher/shapes_dit_dense.py', ''),
+}
 
 
-def parse_args() -> argparse.Namespace:
+def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-    parser.add_argument('--config', default='configs/alter/shapes_e4_s35.py')
+    parser.add_argument('--backbone', choices=sorted(BACKBONES), default='unet',
+                        help='the denoiser: the UNet or the tiny PixArt-style DiT')
+    parser.add_argument('--config', help="an ALTER config of the backbone (default: the "
+                        "backbone's, e.g. configs/alter/shapes_e4_s35.py)")
     parser.add_argument('--work-dir', default='work_dirs/demo')
     parser.add_argument('--seed', type=int, default=0, help='training and sampling seed')
     parser.add_argument('--num-prompts', type=int, default=300)
     parser.add_argument('--steps', type=int, nargs=2, default=(50, 20), metavar=('DENSE', 'FEW'))
-    parser.add_argument('--shipped', default=SHIPPED,
-                        help=f"a trained ALTER checkpoint to compare with (default: {SHIPPED}, "
-                        "the study's 2,000-iteration seed-0 run; '' for none)")
+    parser.add_argument('--shipped', help="a trained ALTER checkpoint to compare with (default: "
+                        "the backbone's, checkpoints/shapes_alter_e4_s35 for the UNet -- the "
+                        "study's 2,000-iteration seed-0 run; '' for none)")
     parser.add_argument('--threads', type=int, default=1,
                         help='torch threads for training, sampling and timing')
     parser.add_argument('--guidance', type=float, default=3.0)
@@ -60,13 +80,38 @@ def parse_args() -> argparse.Namespace:
                         help='reuse the ALTER checkpoint of an earlier run in the work dir')
     parser.add_argument('--cfg-options', nargs='+', action=DictAction, default={},
                         help='training overrides, e.g. train_cfg.max_iters=1200')
-    return parser.parse_args()
+    args = parser.parse_args(argv)
+    args.config = args.config or BACKBONES[args.backbone][0]
+    if args.shipped is None:
+        args.shipped = BACKBONES[args.backbone][2]
+    return args
 
 
-def train_alter(args, work_dir: Path):
+def teacher_commands(teacher_config: str, checkpoint: str) -> List[str]:
+    """The commands that train the dense teacher of ``teacher_config`` and export its last
+    checkpoint to ``checkpoint``, as the teacher config's header writes them."""
+    work_dir = f'work_dirs/{Path(checkpoint).name}'
+    last = Config.fromfile(teacher_config).train_cfg.max_iters
+    return [f'python tools/train.py {teacher_config} --work-dir {work_dir}',
+            f'python tools/export.py {work_dir}/iter_{last}.pth --half --out {checkpoint}']
+
+
+def check_teacher(cfg: Config, args: argparse.Namespace) -> None:
+    """Stop, naming the folder and the commands that make it, if the dense teacher the
+    config starts from (``model.pretrained``) is missing."""
+    folder = cfg.model.get('pretrained')
+    if folder is None or Path(folder).is_dir():
+        return
+    teacher_config = BACKBONES[args.backbone][1]
+    commands = '\n'.join(f'  {c}' for c in teacher_commands(teacher_config, folder))
+    raise InputError(f'the dense teacher {folder}/ (model.pretrained of {args.config}) does not '
+                     f'exist. Train and export it first (the header of {teacher_config} gives '
+                     f'these commands and the latent cache they train on):\n{commands}')
+
+
+def train_alter(cfg: Config, args, work_dir: Path):
     """Train ALTER with mmengine's Runner; returns the trained model."""
-    cfg = Config.fromfile(args.config)
-    cfg.merge_from_dict(args.cfg_options)
+    cfg = copy.deepcopy(cfg)
     cfg.work_dir = str(work_dir / 'train')
     cfg.experiment_name = f'demo_{uuid.uuid4().hex[:8]}'
     cfg.randomness = dict(seed=args.seed)
@@ -89,20 +134,22 @@ def time_generations(methods: dict, captions, seeds, args) -> dict:
     return {name: value / len(captions) for name, value in seconds.items()}
 
 
-def main() -> None:
-    args = parse_args()
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    cfg = Config.fromfile(args.config)
+    cfg.merge_from_dict(args.cfg_options)
+    check_teacher(cfg, args)
     torch.set_num_threads(args.threads)
     work_dir = Path(args.work_dir)
     started = time.perf_counter()
     stage_seconds = {}
 
     checkpoint = work_dir / 'alter_checkpoint'
-    cfg = Config.fromfile(args.config)
     if args.reuse and (checkpoint / 'experts.json').exists():
         model = Runner.from_cfg(dict(cfg, work_dir=str(work_dir / 'train'),
                                      experiment_name=f'reuse_{uuid.uuid4().hex[:8]}')).model
     else:
-        model = train_alter(args, work_dir)
+        model = train_alter(cfg, args, work_dir)
         save_checkpoint(checkpoint, model.unet, model.export_experts())
     stage_seconds['train'] = time.perf_counter() - started
     model.eval()
@@ -163,8 +210,8 @@ def main() -> None:
     stage_seconds['total'] = time.perf_counter() - started
     results = dict(
         rows=rows, stage_seconds=stage_seconds,
-        settings=dict(config=args.config, seed=args.seed, num_prompts=len(samples),
-                      prompt_split='val', scheduler=args.scheduler, guidance=args.guidance,
+        settings=dict(backbone=args.backbone, config=args.config, seed=args.seed,
+                      num_prompts=len(samples), prompt_split='val', scheduler=args.scheduler, guidance=args.guidance,
                       cfg_options=args.cfg_options, shipped=args.shipped,
                       timing_batch=args.timing_batch, timing_repeats=args.timing_repeats,
                       threads=torch.get_num_threads(),
@@ -208,4 +255,4 @@ def print_table(rows) -> None:
 
 
 if __name__ == '__main__':
-    main()
+    run_tool(main)

@@ -2,9 +2,10 @@
 
     python tools/export.py work_dirs/shapes_e4_s35/iter_600.pth --out checkpoints/my_alter
 
-Writes ``unet/`` (diffusers layout, safetensors) and, for ALTER models,
-``experts.json`` (masks, routing table, keep ratios and the fingerprint of the
-weights written, which ``apply_experts`` checks the UNet against); the output
+Writes ``unet/`` (``transformer/`` for a diffusion transformer; diffusers layout,
+safetensors) and, for ALTER models, ``experts.json`` (masks, routing table, keep
+ratios and the fingerprint of the weights written, which ``apply_experts`` checks
+the UNet against); the output
 directory is replaced as a whole. The model is rebuilt from the run's record
 ``run_config.json`` beside the checkpoint (or ``--config``), never from the
 config text stored in the checkpoint, and the checkpoint is loaded without
@@ -21,6 +22,7 @@ from alter.engine.checkpoint import load_checkpoint_file, state_dict_mismatch
 from alter.engine.run_config import recorded_model_config
 from alter.inference.experts import save_checkpoint
 from alter.registry import MODELS
+from alter.units.backbones import backbone_of
 from alter.utils.cli import InputError, run_tool
 from alter.utils.config import load_config
 
@@ -67,7 +69,8 @@ def main(argv=None) -> None:
         model.unet.load_state_dict(checkpoint['ema_unet'])
     experts = model.export_experts() if hasattr(model, 'export_experts') else None
     save_checkpoint(args.out, model.unet, experts, half=args.half)
-    print(f'wrote {args.out}: unet/' + (' + experts.json' if experts else ''))
+    folder = backbone_of(model.unet).pipeline_attribute  # unet/, or transformer/
+    print(f'wrote {args.out}: {folder}/' + (' + experts.json' if experts else ''))
 
 
 if __name__ == '__main__':

@@ -14,7 +14,9 @@ from diffusers import DDPMScheduler
 
 from alter.evaluation.metrics import _PerImageMetric, _field
 from alter.inference.routing import ExpertRouter
+from alter.models.conditioning import map_context
 from alter.registry import METRICS
+from alter.units.backbones import Context, backbone_of
 
 
 def predicted_x0(scheduler: DDPMScheduler, x_t: torch.Tensor, timestep: int,
@@ -36,18 +38,19 @@ def predicted_x0(scheduler: DDPMScheduler, x_t: torch.Tensor, timestep: int,
 
 @torch.no_grad()
 def x0_predictions(unet, scheduler: DDPMScheduler, x0: torch.Tensor, noise: torch.Tensor,
-                   context: torch.Tensor, timesteps: Sequence[int],
+                   context: Context, timesteps: Sequence[int],
                    router: Optional[ExpertRouter] = None, batch_size: int = 256) -> torch.Tensor:
-    """x̂0 of ``unet`` for every timestep of the grid and every pair.
+    """x̂0 of ``unet`` (any supported denoiser) for every timestep of the grid and every pair.
 
     Args:
         x0, noise: (N, C, h, w) clean latents and their noise (the same for every t).
-        context: (N, L, D) text states.
+        context: (N, L, D) text states, or a dict of the denoiser's conditioning.
         timesteps: the grid, integer training timesteps.
         router: routes ``unet`` to the expert of each timestep (hard skipping).
     Returns:
         (len(timesteps), N, C, h, w) float32.
     """
+    backbone = backbone_of(unet, 'the denoising gap')
     out = []
     try:
         for t in timesteps:
@@ -58,7 +61,8 @@ def x0_predictions(unet, scheduler: DDPMScheduler, x0: torch.Tensor, noise: torc
                 part = slice(start, start + batch_size)
                 t_batch = torch.full((len(x0[part]), ), int(t), dtype=torch.long)
                 x_t = scheduler.add_noise(x0[part], noise[part], t_batch)
-                prediction = unet(x_t, t_batch.to(x_t.device), context[part]).sample
+                prediction = backbone.predict(unet, x_t, t_batch.to(x_t.device),
+                                              map_context(lambda c: c[part], context))
                 rows.append(predicted_x0(scheduler, x_t, int(t), prediction).float())
             out.append(torch.cat(rows))
     finally:

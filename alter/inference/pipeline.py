@@ -1,8 +1,9 @@
-"""Text-to-image generation with a (routed) UNet: the embedded benchmark's pipeline.
+"""Text-to-image generation with a (routed) denoiser: the embedded benchmark's pipeline.
 
-``TextToImage`` ties a UNet, a frozen autoencoder and text encoder and the
-training noise schedule to the shared ``sample`` loop. With an
-``ExpertRouter`` on its UNet, each step runs the expert of its timestep.
+``TextToImage`` ties a denoiser (a UNet or a diffusion transformer, named
+``unet`` as everywhere in the project), a frozen autoencoder and text encoder
+and the training noise schedule to the shared ``sample`` loop. With an
+``ExpertRouter`` on its denoiser, each step runs the expert of its timestep.
 """
 from typing import Dict, List, Optional, Sequence
 
@@ -12,6 +13,8 @@ from tqdm import tqdm
 from alter.inference.experts import ExpertSet
 from alter.inference.routing import ExpertRouter
 from alter.inference.sampler import build_sampling_scheduler, initial_noise, sample
+from alter.models.conditioning import context_to
+from alter.units.backbones import backbone_of
 from alter.units.macs import MacTable
 from alter.utils.cli import InputError
 
@@ -20,7 +23,7 @@ class TextToImage:
     """Captions + seeds -> images (N, 3, H, W) in [-1, 1].
 
     Args:
-        unet: the (student or dense) UNet.
+        unet: the (student or dense) denoiser, of any family with a backbone adapter.
         autoencoder, text_encoder: frozen components (``alter.models.conditioning``).
         noise_config: the training noise scheduler's config.
         latent_size: (h, w) of the latents.
@@ -38,7 +41,8 @@ class TextToImage:
                              'they were trained with')
         self.unet, self.autoencoder, self.text_encoder = unet, autoencoder, text_encoder
         self.noise_config = dict(noise_config)
-        self.latent_shape = (unet.config.in_channels, *latent_size)
+        self.latent_shape = (backbone_of(unet, 'TextToImage').latent_channels(unet),
+                             *latent_size)
         self.router = router
 
     @classmethod
@@ -60,8 +64,9 @@ class TextToImage:
         batches = range(0, len(captions), batch_size)
         for start in tqdm(batches, disable=not progress, desc=f'{num_steps}-step generation'):
             part = list(captions[start:start + batch_size])
-            context = self.text_encoder(part).to(device)
-            uncond = self.text_encoder([''] * len(part)).to(device)
+            context = context_to(self.text_encoder(part), device)
+            uncond = context_to(self.text_encoder([self.text_encoder.null_condition] * len(part)),
+                                device)
             noise = initial_noise(seeds[start:start + batch_size], self.latent_shape, device)
             latents = sample(self.unet, build_sampling_scheduler(scheduler, self.noise_config),
                              noise, context, uncond, num_steps, guidance_scale, self.router)

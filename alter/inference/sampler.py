@@ -1,7 +1,9 @@
 """The one denoising loop of the project (demo, evaluation, analysis, benchmarks).
 
-Classifier-free guidance runs both halves in one batch; with an
-``ExpertRouter`` the whole batch (both halves) uses the expert of the step's
+The denoiser is any supported family (a UNet or a diffusion transformer): it is
+called through its backbone adapter (``alter.units.backbones``), as its
+pipelines call it. Classifier-free guidance runs both halves in one batch; with
+an ``ExpertRouter`` the whole batch (both halves) uses the expert of the step's
 timestep, looked up on the host.
 
 Schedulers sample as Stable Diffusion pipelines do (``build_sampling_scheduler``):
@@ -14,11 +16,13 @@ from typing import Callable, Dict, Optional, Sequence, Type
 import diffusers
 import torch
 from diffusers import (DDIMScheduler, DPMSolverMultistepScheduler, EulerDiscreteScheduler,
-                       PNDMScheduler, StableDiffusionPipeline, UniPCMultistepScheduler,
-                       UNet2DConditionModel)
+                       PNDMScheduler, StableDiffusionPipeline, UniPCMultistepScheduler)
+from torch import nn
 from tqdm import tqdm
 
-from alter.inference.routing import ExpertRouter
+from alter.inference.routing import ExpertRouter, uncompiled
+from alter.models.conditioning import map_context
+from alter.units.backbones import Context, backbone_of
 
 SCHEDULERS: Dict[str, Type] = {
     'ddim': DDIMScheduler,
@@ -84,21 +88,25 @@ def initial_noise(seeds: Sequence[int], shape: Sequence[int], device=None) -> to
 
 
 @torch.no_grad()
-def sample(unet: UNet2DConditionModel, scheduler, noise: torch.Tensor, context: torch.Tensor,
-           uncond_context: Optional[torch.Tensor], num_steps: int, guidance_scale: float = 1.0,
+def sample(unet: nn.Module, scheduler, noise: torch.Tensor, context: Context,
+           uncond_context: Optional[Context], num_steps: int, guidance_scale: float = 1.0,
            router: Optional[ExpertRouter] = None, on_step: Optional[Callable] = None,
            progress: bool = False) -> torch.Tensor:
-    """Denoise ``noise`` (B, C, h, w) into latents.
+    """Denoise ``noise`` (B, C, h, w) into latents with ``unet``, any supported denoiser.
 
     Args:
-        context: (B, L, D) text states; ``uncond_context`` (B, L, D) or None
-            for no guidance (guidance is off when ``guidance_scale == 1``).
-        router: routes each step's UNet call to the expert of its timestep.
-        on_step: called as ``on_step(index, timestep, expert)`` before each UNet call.
+        context: the denoiser's conditioning for the batch: (B, L, D) text states, or
+            a dict of batch-first tensors (``alter.units.backbones``);
+            ``uncond_context`` the same for the null condition, or None for no
+            guidance (guidance is off when ``guidance_scale == 1``).
+        router: routes each step's call to the expert of its timestep.
+        on_step: called as ``on_step(index, timestep, expert)`` before each call.
     """
+    backbone = backbone_of(uncompiled(unet), 'sampling')
     scheduler.set_timesteps(num_steps)
     guided = uncond_context is not None and guidance_scale != 1.0
-    cond = torch.cat([uncond_context, context]) if guided else context
+    cond = map_context(lambda u, c: torch.cat([u, c]), uncond_context, context) if guided \
+        else context
     latents = noise * scheduler.init_noise_sigma
     # One host copy of the schedule: per-step lookups never touch the device.
     timesteps = scheduler.timesteps.tolist()
@@ -109,7 +117,11 @@ def sample(unet: UNet2DConditionModel, scheduler, noise: torch.Tensor, context: 
                 on_step(i, t, expert)
             model_input = torch.cat([latents] * 2) if guided else latents
             model_input = scheduler.scale_model_input(model_input, t)
-            prediction = unet(model_input, t, cond).sample
+            # One timestep per sample (B,), as the adapters take it; the values are the
+            # schedule's (int64 or float32), as a pipeline passes them.
+            step = torch.full((len(model_input), ), t, device=model_input.device,
+                              dtype=scheduler.timesteps.dtype)
+            prediction = backbone.predict(unet, model_input, step, cond)
             if guided:
                 uncond, text = prediction.chunk(2)
                 prediction = uncond + guidance_scale * (text - uncond)

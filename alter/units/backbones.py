@@ -294,8 +294,10 @@ class DiTBackbone(TransformerBackbone):
 
 @BACKBONES.register_module('PixArtTransformer2DModel')
 class PixArtBackbone(TransformerBackbone):
-    """PixArt-alpha: context ``encoder_hidden_states`` (B, L, 4096) T5 states and
-    ``encoder_attention_mask`` (B, L)."""
+    """PixArt-alpha: context ``encoder_hidden_states`` (B, L, caption_channels) -- T5's
+    4096-d states with their ``encoder_attention_mask`` (B, L) -- or, for a text encoder
+    without a mask (the embedded benchmark's MiniLM states), a bare (B, L, D) tensor:
+    every token is attended, as a UNet attends its context."""
 
     # PixArt's autoencoder downsamples by 8: the 1024 px model's resolution condition.
     VAE_SCALE = 8
@@ -310,8 +312,9 @@ class PixArtBackbone(TransformerBackbone):
             batch = sample.shape[0]
             added = dict(resolution=sample.new_tensor([[h, w]]).expand(batch, -1),
                          aspect_ratio=sample.new_tensor([[h / w]]).expand(batch, -1))
+        context = as_conditioning(context)
         return model(sample, encoder_hidden_states=context['encoder_hidden_states'],
-                     encoder_attention_mask=context['encoder_attention_mask'],
+                     encoder_attention_mask=context.get('encoder_attention_mask'),
                      timestep=timesteps, added_cond_kwargs=added).sample
 
     def example_context(self, model, context_length, generator):

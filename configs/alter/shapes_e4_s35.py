@@ -10,7 +10,7 @@
 # tools/study.py trains it 300-4000 iterations with T_end at 30 % of them.
 _base_ = [
     '../_base_/models/shapes_ldm.py', '../_base_/datasets/shapes_t2i.py',
-    '../_base_/default_runtime.py'
+    '../_base_/schedules/shapes_alter.py', '../_base_/default_runtime.py'
 ]
 
 model = dict(
@@ -30,12 +30,4 @@ model = dict(
     cond_dropout=0.1)
 
 train_dataloader = dict(batch_size=16)
-train_cfg = dict(type='IterBasedTrainLoop', max_iters=400)
-optim_wrapper = dict(
-    constructor='SubmoduleOptimWrapperConstructor',
-    unet=dict(type='OptimWrapper', optimizer=dict(type='AdamW', lr=1e-4, weight_decay=0.01)),
-    hypernet=dict(type='OptimWrapper', optimizer=dict(type='AdamW', lr=2e-3, weight_decay=0.0)))
-warmup = [dict(type='LinearLR', start_factor=0.01, by_epoch=False, begin=0, end=20)]
-param_scheduler = dict(unet=warmup, hypernet=warmup)
-custom_hooks = [dict(type='ExpertExportHook', interval=100)]
 default_hooks = dict(logger=dict(interval=20), checkpoint=dict(interval=100000, max_keep_ckpts=1))

@@ -7,19 +7,8 @@
 # The checkpoint's weights are the EMA weights (decay 0.999, a ~1000-iteration horizon).
 _base_ = [
     '../_base_/models/shapes_ldm.py', '../_base_/datasets/shapes_t2i_cache.py',
-    '../_base_/default_runtime.py'
+    '../_base_/schedules/shapes_teacher.py', '../_base_/default_runtime.py'
 ]
 
 model = dict(type='LatentDiffusion', cond_dropout=0.1, seed=0)
-
-train_cfg = dict(type='IterBasedTrainLoop', max_iters=12000)
-optim_wrapper = dict(
-    constructor='SubmoduleOptimWrapperConstructor',
-    unet=dict(type='OptimWrapper', optimizer=dict(type='AdamW', lr=1e-3, weight_decay=0.01),
-              clip_grad=dict(max_norm=1.0)))
-param_scheduler = dict(unet=[
-    dict(type='LinearLR', start_factor=0.01, by_epoch=False, begin=0, end=200),
-    dict(type='CosineAnnealingLR', eta_min=5e-5, by_epoch=False, begin=200, end=12000),
-])
-custom_hooks = [dict(type='EMAHook', momentum=1e-3, update_buffers=False)]
 default_hooks = dict(logger=dict(interval=50), checkpoint=dict(interval=1000, max_keep_ckpts=3))
