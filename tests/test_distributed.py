@@ -1,6 +1,6 @@
 """Two gloo processes train exactly like one process with the same global batch,
-replicated (DDP, grouped UNet step) or sharded (FSDP2, blended UNet step), and their
-checkpoints resume in one process."""
+replicated (DDP, grouped UNet step) or sharded (FSDP2, blended UNet step, the default),
+and their checkpoints resume in one process."""
 import json
 import os
 import shutil
@@ -23,6 +23,7 @@ TINY = 'configs/alter/tiny_e4_s35.py'
 OPTIONS = ['train_cfg.max_iters=5', 'model.hypernet_iters=3', 'log_processor.window_size=1',
            'default_hooks.logger.interval=1', 'default_hooks.checkpoint.interval=3',
            'model.hypernet.gate_offset=0.5']
+GROUPED = ['model.unet_step.type=grouped']
 ENV = dict(os.environ, OMP_NUM_THREADS='1', CUDA_VISIBLE_DEVICES='')
 COMPARED = ('unet/loss', 'unet/loss_feat_kd', 'keep_ratio_fvcore', 'hyper/loss')
 
@@ -40,7 +41,7 @@ def _run(command, env=ENV) -> None:
 
 def _train_single(work_dir, *args) -> None:
     _run([sys.executable, 'tools/train.py', TINY, '--work-dir', str(work_dir), *args,
-          '--cfg-options', 'train_dataloader.batch_size=4', *OPTIONS])
+          '--cfg-options', 'train_dataloader.batch_size=4', *OPTIONS, *GROUPED])
 
 
 def _train_two_ranks(work_dir, *args, options=()) -> None:
@@ -66,7 +67,7 @@ def _assert_same_losses(one, two, rel=1e-4, keys=COMPARED):
 
 @pytest.fixture(scope='module')
 def single(tmp_path_factory):
-    """One process, global batch 4, grouped UNet step (the default)."""
+    """One process, global batch 4, grouped UNet step."""
     work_dir = tmp_path_factory.mktemp('single')
     _train_single(work_dir)
     return work_dir
@@ -74,7 +75,7 @@ def single(tmp_path_factory):
 
 # DDP runs the grouped UNet step, as the single process; --fsdp the blended one.
 @pytest.mark.parametrize('args, options', [
-    ([], []), ([], ['model.gradient_checkpointing=True']), (['--fsdp'], []),
+    ([], GROUPED), ([], GROUPED + ['model.gradient_checkpointing=True']), (['--fsdp'], []),
     (['--fsdp'], ['model.gradient_checkpointing=True'])],
     ids=['ddp', 'ddp-gradient-checkpointing', 'fsdp', 'fsdp-gradient-checkpointing'])
 def test_two_gloo_ranks_match_one_process_and_resume_in_one(tmp_path, single, args, options):
@@ -129,5 +130,6 @@ def test_bad_wrapper_settings_are_refused():
     with pytest.raises(ValueError, match="dtype names such as 'bfloat16'.*got 'bf16'"):
         SubmoduleParallel(model, shard=['unet'], mixed_precision=dict(param_dtype='bf16'))
     grouped = MODELS.build(dict(cfg, unet_step=dict(type='grouped')))
-    with pytest.raises(ValueError, match=r"cannot shard \['unet'\].*unet_step=dict\(type='blended'\)"):
+    with pytest.raises(ValueError,
+                       match=r"cannot shard \['unet'\].*unet_step=dict\(type='blended'\)"):
         SubmoduleParallel(grouped, shard=['unet', 'teacher'])

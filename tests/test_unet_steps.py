@@ -147,7 +147,8 @@ def test_unknown_step_and_accumulation_are_refused():
                           accumulative_counts=2),
         hypernet=OptimWrapper(torch.optim.SGD(model.hypernet.parameters(), lr=0.1)))
     batch = dict(latents=torch.randn(2, 12, 16, 16), context=torch.randn(2, 8, 32))
-    with pytest.raises(ValueError, match=r"accumulative_counts=2.*unet_step=dict\(type='blended'\)"):
+    with pytest.raises(ValueError,
+                       match=r"accumulative_counts=2.*unet_step=dict\(type='blended'\)"):
         model.train_step(batch, optim)
 
 
@@ -160,6 +161,6 @@ def test_benchmark_script_runs_at_tiny_size(capsys):
     assert 0.65 <= keep < 0.8 and blended > 0 and grouped > 0  # each mask within the budget
     assert float(row[8].rstrip('x')) == pytest.approx(blended / grouped, rel=0.01)
     table_keep = float(re.search(r'mask table keep ([\d.]+)', out).group(1))
-    assert table_keep == pytest.approx(0.65, abs=0.05)  # the hypernetwork's offset set to the budget
+    assert table_keep == pytest.approx(0.65, abs=0.05)  # the offset set to the budget
     shares = [int(s) for s in re.findall(r'update is (\d+) % of an iteration', out)]
     assert len(shares) == 2 and all(0 < s < 100 for s in shares)

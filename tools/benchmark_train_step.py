@@ -38,7 +38,7 @@ from alter.utils.cli import open_fraction, positive_int, run_tool
 from alter.utils.config import load_config
 from alter.utils.timing import device_name, device_sync, interleaved
 
-# SD2.1 runs at --sd21-latent; the others at their config's resolution.
+# Latent side without --latent: SD2.1 16, the others their config's resolution.
 BENCHMARKS = {
     'sd21': 'configs/_base_/models/sd21_unet.py',
     'shapes': 'configs/alter/shapes_e4_s35.py',  # the embedded benchmark
@@ -56,8 +56,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument('--sparsity', type=open_fraction, default=0.35)
     parser.add_argument('--batch', type=positive_int, nargs='+', default=[8, 16],
                         help='batch size per model, in --models order (the last one repeats)')
-    parser.add_argument('--sd21-latent', type=positive_int, default=16,
-                        help='latent side of the SD2.1 UNet')
+    parser.add_argument('--latent', type=positive_int,
+                        help='latent side of the UNet-step timing (default: 16 for SD2.1, the '
+                        "config's for the others)")
     parser.add_argument('--repeats', type=positive_int, default=3)
     parser.add_argument('--threads', type=positive_int, default=1)
     parser.add_argument('--device', default='cpu')
@@ -189,7 +190,7 @@ def main(argv=None) -> None:
     for name in args.models:
         config = BENCHMARKS[name]
         cfg = load_config(config).model
-        latent = args.sd21_latent if name == 'sd21' else cfg.resolution // cfg.latent_scale
+        latent = args.latent or (16 if name == 'sd21' else cfg.resolution // cfg.latent_scale)
         torch.manual_seed(0)
         unet = MODELS.build(dict(cfg.unet, pretrained=None)).to(device).train()
         units = PRUNING_SPACES.build(dict(type='paper')).find(unet)

@@ -55,18 +55,12 @@ def use_amp(optim_wrapper: dict) -> None:
 
 def setup_distributed(cfg: Config, fsdp: bool) -> None:
     """One wrapper per trained sub-module (UNet, hypernetwork), as their train_step needs:
-    DDP, or FSDP2 for the UNet and the teacher (``alter.engine.parallel``); under FSDP
-    an ALTER config that does not choose its UNet step gets the blended one.
+    DDP, or FSDP2 for the UNet and the teacher (``alter.engine.parallel``).
 
     Without CUDA, the gloo process group is started here: mmengine's own
     initialisation calls torch.cuda.set_device.
     """
-    alter = issubclass(MODELS.get(cfg.model.type), ALTER)
-    sharded = ['unet', 'teacher'] if alter else ['unet']
-    if fsdp and alter and 'unet_step' not in cfg.model:
-        # Ranks of the grouped step run different units, which FSDP cannot follow.
-        print("--fsdp: the UNet step runs blended (model.unet_step=dict(type='blended'))")
-        cfg.model.unet_step = dict(type='blended')
+    sharded = ['unet', 'teacher'] if issubclass(MODELS.get(cfg.model.type), ALTER) else ['unet']
     wrapper = dict(type='SubmoduleParallel', shard=sharded if fsdp else [])
     if not torch.cuda.is_available():
         torch.distributed.init_process_group(backend='gloo')

@@ -13,8 +13,8 @@ After T_end only step 3 runs, with the frozen table. ``schedule='two_stage'``
 Each sample has its own timestep, so the hypernetwork step runs the gated
 blend ``(1 - g) * bypass(x) + g * f(x)`` with per-sample soft gates; the UNet
 step runs the binary masks of the table as ``model.unet_step`` says
-(``alter.models.unet_steps``): grouped by expert under hard skipping (default),
-or blended.
+(``alter.models.unet_steps``): blended (default), or grouped by expert under
+hard skipping.
 The denoiser is a UNet or a diffusion transformer (kept under the name
 ``unet``); a sample's routing row is the row of the timestep value the model
 receives (``alter.inference.grids``), as at inference.
@@ -88,10 +88,11 @@ class ALTER(LatentDiffusion):
         mac_convention: convention of the sparsity budget (``fvcore`` as in the paper).
         teacher: optional config of the dense teacher; same architecture
             required (default: a frozen copy of the initial UNet).
-        unet_step: ``UNET_STEPS`` config of the UNet update: ``grouped`` (one
-            hard-skipped forward and backward per expert in the batch) or
-            ``blended`` (one forward, switched-off units blended away; needed
-            when FSDP shards the UNet).
+        unet_step: ``UNET_STEPS`` config of the UNet update: ``blended`` (one
+            forward, switched-off units blended away; needed when FSDP shards
+            the UNet) or ``grouped`` (one hard-skipped forward and backward per
+            expert in the batch; the same updates, faster only where per-sample
+            compute outweighs the per-group costs, see docs/benchmarks.md).
         **kwargs: ``LatentDiffusion`` arguments (noise scheduler, conditioning,
             ``pretrained``, ``resolution``, ``latent_scale``, ``context_length``,
             ``seed``); the training resolution fixes the per-unit MAC costs.
@@ -109,7 +110,7 @@ class ALTER(LatentDiffusion):
                  schedule: str = 'joint',
                  mac_convention: str = 'fvcore',
                  teacher: Optional[dict] = None,
-                 unet_step: dict = dict(type='grouped'),
+                 unet_step: dict = dict(type='blended'),
                  **kwargs) -> None:
         if not 0 < target_sparsity < 1:
             raise ValueError(f'target_sparsity must lie in (0, 1) (fraction of UNet MACs '

@@ -65,7 +65,8 @@ class UNetStep:
     runs_every_unit: bool
 
     def __call__(self, unet: nn.Module, gating: UnitGating, masks: torch.Tensor,
-                 experts: torch.Tensor, loss: StudentLoss, optim_wrapper) -> Dict[str, torch.Tensor]:
+                 experts: torch.Tensor, loss: StudentLoss,
+                 optim_wrapper) -> Dict[str, torch.Tensor]:
         """One update of the UNet.
 
         Args:
