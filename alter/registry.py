@@ -82,6 +82,8 @@ PRUNING_SPACES = AlterRegistry('pruning space', scope='alter', locations=['alter
 ROUTERS = AlterRegistry('router', scope='alter', locations=['alter'])
 EXPERT_GENERATORS = AlterRegistry('expert generator', scope='alter', locations=['alter'])
 REGULARIZERS = AlterRegistry('regularizer', scope='alter', locations=['alter'])
+# How the UNet update runs a batch of samples with different experts (blended or grouped).
+UNET_STEPS = AlterRegistry('unet step', scope='alter', locations=['alter'])
 # One adapter per family of diffusers denoisers, registered under the diffusers class name.
 BACKBONES = AlterRegistry('backbone', scope='alter', locations=['alter'])
 OBJECTIVES = AlterRegistry('objective', scope='alter', locations=['alter'])

@@ -1,5 +1,6 @@
 """Two gloo processes train exactly like one process with the same global batch,
-replicated (DDP) or sharded (FSDP2), and their checkpoints resume in one process."""
+replicated (DDP, grouped UNet step) or sharded (FSDP2, blended UNet step, the default),
+and their checkpoints resume in one process."""
 import json
 import os
 import shutil
@@ -17,8 +18,12 @@ from alter.registry import MODELS
 from .conftest import ROOT, load_tool
 
 TINY = 'configs/alter/tiny_e4_s35.py'
+# gate_offset 0.5: the experts switch ~40 % of the units off from the start, so the
+# ranks of the grouped UNet step run different units in every step.
 OPTIONS = ['train_cfg.max_iters=5', 'model.hypernet_iters=3', 'log_processor.window_size=1',
-           'default_hooks.logger.interval=1', 'default_hooks.checkpoint.interval=3']
+           'default_hooks.logger.interval=1', 'default_hooks.checkpoint.interval=3',
+           'model.hypernet.gate_offset=0.5']
+GROUPED = ['model.unet_step.type=grouped']
 ENV = dict(os.environ, OMP_NUM_THREADS='1', CUDA_VISIBLE_DEVICES='')
 COMPARED = ('unet/loss', 'unet/loss_feat_kd', 'keep_ratio_fvcore', 'hyper/loss')
 
@@ -36,7 +41,7 @@ def _run(command, env=ENV) -> None:
 
 def _train_single(work_dir, *args) -> None:
     _run([sys.executable, 'tools/train.py', TINY, '--work-dir', str(work_dir), *args,
-          '--cfg-options', 'train_dataloader.batch_size=4', *OPTIONS])
+          '--cfg-options', 'train_dataloader.batch_size=4', *OPTIONS, *GROUPED])
 
 
 def _train_two_ranks(work_dir, *args, options=()) -> None:
@@ -62,15 +67,17 @@ def _assert_same_losses(one, two, rel=1e-4, keys=COMPARED):
 
 @pytest.fixture(scope='module')
 def single(tmp_path_factory):
-    """One process, global batch 4."""
+    """One process, global batch 4, grouped UNet step."""
     work_dir = tmp_path_factory.mktemp('single')
     _train_single(work_dir)
     return work_dir
 
 
+# DDP runs the grouped UNet step, as the single process; --fsdp the blended one.
 @pytest.mark.parametrize('args, options', [
-    ([], []), (['--fsdp'], []), (['--fsdp'], ['model.gradient_checkpointing=True'])],
-    ids=['ddp', 'fsdp', 'fsdp-gradient-checkpointing'])
+    ([], GROUPED), ([], GROUPED + ['model.gradient_checkpointing=True']), (['--fsdp'], []),
+    (['--fsdp'], ['model.gradient_checkpointing=True'])],
+    ids=['ddp', 'ddp-gradient-checkpointing', 'fsdp', 'fsdp-gradient-checkpointing'])
 def test_two_gloo_ranks_match_one_process_and_resume_in_one(tmp_path, single, args, options):
     double = tmp_path / 'double'
     _train_two_ranks(double, *args, options=options)
@@ -78,6 +85,7 @@ def test_two_gloo_ranks_match_one_process_and_resume_in_one(tmp_path, single, ar
     assert len(one) == 5
     _assert_same_losses(one, two)
     experts = [json.loads((d / 'experts.json').read_text()) for d in (single, double)]
+    assert 0 < one[-1]['keep_ratio_fvcore'] < 0.9  # units were skipped
     assert experts[0]['expert_masks'] == experts[1]['expert_masks']
     assert experts[0]['routing_table'] == experts[1]['routing_table']
 
@@ -115,11 +123,16 @@ def test_fsdp_refuses_what_it_cannot_run(monkeypatch, config, message):
 
 
 def test_bad_wrapper_settings_are_refused():
-    model = MODELS.build(Config.fromfile(f'{ROOT}/{TINY}').model)
+    cfg = Config.fromfile(f'{ROOT}/{TINY}').model
+    model = MODELS.build(dict(cfg, unet_step=dict(type='blended')))
     with pytest.raises(KeyError, match=r"\['unett'\].*sub-modules: .*'teacher', 'unet'"):
         SubmoduleParallel(model, shard=['unett'])
     with pytest.raises(ValueError, match="dtype names such as 'bfloat16'.*got 'bf16'"):
         SubmoduleParallel(model, shard=['unet'], mixed_precision=dict(param_dtype='bf16'))
+    grouped = MODELS.build(dict(cfg, unet_step=dict(type='grouped')))
+    with pytest.raises(ValueError,
+                       match=r"cannot shard \['unet'\].*unet_step=dict\(type='blended'\)"):
+        SubmoduleParallel(grouped, shard=['unet', 'teacher'])
 
 
 def _dist_train(*args, cwd=ROOT, timeout=30) -> subprocess.CompletedProcess:

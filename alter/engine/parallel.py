@@ -137,6 +137,12 @@ class SubmoduleParallel(nn.Module):
             gathers again in backward).
         **ddp_kwargs: ``MMDistributedDataParallel`` arguments of the other trained
             children (default: ``broadcast_buffers=False``).
+
+    Children the model lists in ``data_dependent_children`` (ALTER's UNet under
+    the grouped UNet step) run different units on different ranks: under DDP
+    they get ``find_unused_parameters=True``, and they cannot be sharded, since
+    FSDP gathers and reduces each unit's parameters collectively, in the same
+    order on every rank.
     """
 
     def __init__(self,
@@ -151,6 +157,13 @@ class SubmoduleParallel(nn.Module):
         if unknown:
             raise KeyError(f'model_wrapper_cfg.shard names {unknown}, which are not sub-modules '
                            f'of {type(module).__name__}; its sub-modules: {sorted(children)}')
+        dependent = getattr(module, 'data_dependent_children', ())
+        refused = [name for name in shard if name in dependent]
+        if refused:
+            raise ValueError(f'cannot shard {refused} with FSDP: under the grouped UNet step each '
+                             'rank runs only the units of the experts in its own samples, and '
+                             "FSDP needs every rank to run the same ones; set "
+                             "model.unet_step=dict(type='blended') to shard the UNet")
         self.module = module
         device = torch.device(get_device())
         ddp_kwargs.setdefault('broadcast_buffers', False)
@@ -166,7 +179,9 @@ class SubmoduleParallel(nn.Module):
                 shard_unet(child, reshard_after_forward=reshard_after_forward,
                            mp_policy=policy if trained else MixedPrecisionPolicy())
             elif trained:
-                setattr(module, name, MMDistributedDataParallel(module=child, **ddp_kwargs))
+                kwargs = dict(ddp_kwargs, find_unused_parameters=True) if name in dependent \
+                    else ddp_kwargs
+                setattr(module, name, MMDistributedDataParallel(module=child, **kwargs))
                 self.data_parallel.append(name)
         # torch marks hooks with an attribute, which bound methods cannot take: partial.
         module.register_state_dict_post_hook(partial(_plain_state_dict, self.data_parallel))

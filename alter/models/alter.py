@@ -10,15 +10,18 @@ Per batch (ALTER_SPEC §5), while the step count is below ``hypernet_iters`` (T_
 After T_end only step 3 runs, with the frozen table. ``schedule='two_stage'``
 (the TwoStage ablation) runs step 1-2 alone until T_end, then step 3 alone.
 
-Each sample has its own timestep, so both steps run the gated blend
-``(1 - g) * bypass(x) + g * f(x)`` with per-sample gates (binary in step 3).
+Each sample has its own timestep, so the hypernetwork step runs the gated
+blend ``(1 - g) * bypass(x) + g * f(x)`` with per-sample soft gates; the UNet
+step runs the binary masks of the table as ``model.unet_step`` says
+(``alter.models.unet_steps``): blended (default), or grouped by expert under
+hard skipping.
 The denoiser is a UNet or a diffusion transformer (kept under the name
 ``unet``); a sample's routing row is the row of the timestep value the model
 receives (``alter.inference.grids``), as at inference.
 """
 import copy
 from contextlib import contextmanager
-from typing import Dict, Iterator, Optional
+from typing import Dict, Iterator, Optional, Tuple
 
 import torch
 from mmengine.dist import all_reduce_dict
@@ -31,7 +34,8 @@ from alter.models.diffusion import LatentDiffusion
 from alter.models.hypernet import HyperNetwork
 from alter.models.losses import capture_block_outputs, unet_objective
 from alter.models.regularizers import balance_loss, routing_smoothness
-from alter.registry import MODELS, PRUNING_SPACES, REGULARIZERS
+from alter.models.unet_steps import take_samples
+from alter.registry import MODELS, PRUNING_SPACES, REGULARIZERS, UNET_STEPS
 from alter.units.gating import UnitGating
 from alter.units.macs import CONVENTIONS, MacTable, architecture_key, mac_table
 
@@ -84,6 +88,11 @@ class ALTER(LatentDiffusion):
         mac_convention: convention of the sparsity budget (``fvcore`` as in the paper).
         teacher: optional config of the dense teacher; same architecture
             required (default: a frozen copy of the initial UNet).
+        unet_step: ``UNET_STEPS`` config of the UNet update: ``blended`` (one
+            forward, switched-off units blended away; needed when FSDP shards
+            the UNet) or ``grouped`` (one hard-skipped forward and backward per
+            expert in the batch; the same updates, faster only where per-sample
+            compute outweighs the per-group costs, see docs/benchmarks.md).
         **kwargs: ``LatentDiffusion`` arguments (noise scheduler, conditioning,
             ``pretrained``, ``resolution``, ``latent_scale``, ``context_length``,
             ``seed``); the training resolution fixes the per-unit MAC costs.
@@ -101,6 +110,7 @@ class ALTER(LatentDiffusion):
                  schedule: str = 'joint',
                  mac_convention: str = 'fvcore',
                  teacher: Optional[dict] = None,
+                 unet_step: dict = dict(type='blended'),
                  **kwargs) -> None:
         if not 0 < target_sparsity < 1:
             raise ValueError(f'target_sparsity must lie in (0, 1) (fraction of UNet MACs '
@@ -139,6 +149,7 @@ class ALTER(LatentDiffusion):
                 f'space, {self.resolution} px, {mac_convention!r} MACs); the largest reachable '
                 f'sparsity is {1 - lowest:.3f}')
         self.regularizer = REGULARIZERS.build(regularizer)
+        self.unet_step = UNET_STEPS.build(unet_step)
 
         self.grid = self.objective.grid(self.backbone.timestep_divisor)
         num_timesteps = self.grid.num_rows
@@ -157,6 +168,12 @@ class ALTER(LatentDiffusion):
                       and self.teacher.config.get(k) != self.unet.config.get(k)}
             raise ValueError('the teacher must have the student UNet\'s architecture; they '
                              f'differ in {sorted(differ)}')
+
+    @property
+    def data_dependent_children(self) -> Tuple[str, ...]:
+        """Children whose forward runs a data-dependent subset of their parameters, so
+        that data-parallel ranks run different ones (``SubmoduleParallel`` reads it)."""
+        return () if self.unet_step.runs_every_unit else ('unet', )
 
     # -- the mask table -------------------------------------------------------
 
@@ -218,7 +235,7 @@ class ALTER(LatentDiffusion):
 
     def _objective(self, unet: nn.Module, x_t: torch.Tensor, timesteps: torch.Tensor,
                    context: torch.Tensor, reference) -> Dict[str, torch.Tensor]:
-        """Weighted terms of L_U for the gated student; call inside ``gating.soft``.
+        """Weighted terms of L_U for the gated student; call with the gating set.
 
         ``unet`` is ``self.unet`` (possibly a DDP wrapper, for the UNet step) or
         the bare UNet (hypernetwork step: no UNet gradients to synchronise).
@@ -229,8 +246,9 @@ class ALTER(LatentDiffusion):
         return unet_objective(prediction, target, teacher_prediction, features, teacher_features,
                               self.loss_weights, self.objective.denoising_loss)
 
-    # Both updates keep the gates set through backward: gradient checkpointing
-    # re-runs unit forwards there and must see the same gates.
+    # The hypernetwork update keeps the gates set through backward, as the UNet
+    # steps keep theirs: gradient checkpointing re-runs unit forwards there and
+    # must see the same gates.
 
     def _hypernet_step(self, x_t, timesteps, rows, context, reference, optim_wrapper):
         """Hypernetwork update with the UNet frozen, then the table refresh."""
@@ -261,12 +279,15 @@ class ALTER(LatentDiffusion):
 
     def _unet_step(self, x_t, timesteps, rows, context, reference, optim_wrapper):
         """UNet update under the hard masks of the table (hypernetwork untouched)."""
-        with self.gating.soft(self.timestep_masks[rows]):
-            with optim_wrapper.optim_context(self.unet):
-                terms = self._objective(self.unet, x_t, timesteps, context, reference)
-                loss = sum(terms.values())
-            optim_wrapper.update_params(loss)
-        return {'unet/loss': loss.detach(), **{f'unet/{k}': v.detach() for k, v in terms.items()}}
+        batch = (x_t, timesteps, context, reference)
+
+        def loss(index: Optional[torch.Tensor]) -> Dict[str, torch.Tensor]:
+            # The teacher's outputs and features are taken at the same positions.
+            return self._objective(self.unet, *take_samples(batch, index))
+
+        terms = self.unet_step(self.unet, self.gating, self.expert_masks,
+                               self.routing_table[rows], loss, optim_wrapper)
+        return {'unet/loss': sum(terms.values()), **{f'unet/{k}': v for k, v in terms.items()}}
 
     def forward(self, latents: torch.Tensor, timesteps: torch.Tensor, context,
                 mode: str = 'tensor') -> torch.Tensor:
