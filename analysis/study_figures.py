@@ -24,6 +24,7 @@ from matplotlib import colormaps  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
 from analysis.common import PathLike, save_figure  # noqa: E402
+from analysis.pareto import error_bars  # noqa: E402
 
 LENGTH_METRICS = ('attribute_accuracy', 'paired_dense50/ssim', 'alignment_lit_minilm_effnet',
                   'fid_efficientnet_lite0')
@@ -70,12 +71,8 @@ def plot_training_length(results: pd.DataFrame,
             if method not in (f'ALTER-{steps}', f'Static-{steps}'):
                 continue
             group = group.sort_values('iters')
-            errors = None
-            if f'{metric}_ci_low' in group:
-                errors = [group[metric] - group[f'{metric}_ci_low'],
-                          group[f'{metric}_ci_high'] - group[metric]]
-            ax.errorbar(group.iters, group[metric], yerr=errors, marker='o', capsize=3,
-                        color=colors[i % 10], label=method)
+            ax.errorbar(group.iters, group[metric], yerr=error_bars(group, metric), marker='o',
+                        capsize=3, color=colors[i % 10], label=method)
         if len(dense) and metric in dense:
             ax.axhline(dense[metric].iloc[0], color='0.4', linestyle='--', label=f'dense-{steps}')
         ax.set_xscale('log')

@@ -351,5 +351,7 @@ def test_committed_study_figures_regenerate_from_committed_results(tmp_path):
     committed = sorted(p.relative_to(study / 'figures') for p in (study / 'figures').rglob('*.png'))
     written = make_figures.make_figures(sorted((study / 'runs').iterdir()),
                                         [study / 'pareto.csv'], tmp_path)
+    written += study_figures.main([str(study), '--out', str(tmp_path)])
+    assert {Path('denoising_gap.png'), Path('training_length.png')} <= set(committed)
     assert committed and sorted(p.relative_to(tmp_path) for p in written
                                 if p.suffix == '.png') == committed

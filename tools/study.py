@@ -486,12 +486,15 @@ def summarise(results: pd.DataFrame, out: Path, plan: Plan) -> pd.DataFrame:
     summary_table.insert(0, 'seeds', ablation.groupby('method', sort=False).size())
     write_csv(summary_table.reset_index(), out / 'summary.csv')
 
-    main = results[results.run == Run('ALTER', 0, plan.iters).name]
+    main_run = Run('ALTER', 0, plan.iters).name
+    main = results[results.run == main_run]
+    others = results[(results.study == 'ablation') & (results.run != main_run)]
     pareto = pd.concat([
         results[results.run == 'dense'].assign(variant='dense, steps sweep'),
         main.assign(variant='ALTER, steps sweep'),
         pd.concat([main[main.steps == plan.few_steps], results[results.study == 'sparsity']])
-        .assign(variant='ALTER, sparsity sweep')])
+        .assign(variant='ALTER, sparsity sweep'),
+        others.assign(variant=others.method.str.rsplit('-', n=1).str[0] + ', ablation')])
     write_csv(pareto, out / 'pareto.csv')
     return summary_table
 
