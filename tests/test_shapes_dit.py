@@ -4,6 +4,7 @@ the demo without its teacher."""
 import dataclasses
 import re
 import uuid
+from pathlib import Path
 
 import pytest
 import torch
@@ -160,7 +161,8 @@ def test_demo_without_the_dit_teacher_names_it_and_the_commands_that_make_it(tmp
             f'{missing}') in message
     assert not (tmp_path / 'demo').exists()  # stopped before training anything
     # The commands the demo prints are the ones each teacher config's header gives.
-    for alter_config, teacher_config in demo.BACKBONES.values():
+    for alter_config, teacher_config, shipped in demo.BACKBONES.values():
+        assert not shipped or Path(ROOT, shipped, 'experts.json').is_file()
         pretrained = Config.fromfile(alter_config).model.pretrained
         for command in demo.teacher_commands(teacher_config, pretrained):
             assert command in _header_commands(teacher_config)
