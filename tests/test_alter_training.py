@@ -18,6 +18,8 @@ from alter.engine.optim import SubmoduleOptimWrapperConstructor
 from alter.engine.run_config import check_and_record
 from alter.inference.experts import load_experts, load_unet
 from alter.inference.routing import ExpertRouter
+from alter.models.alter import bare
+from alter.models.budget_fit import fit_gate_shift
 from alter.models.losses import capture_block_outputs, denoising_target
 from alter.registry import EXPERT_GENERATORS, MODELS, ROUTERS
 
@@ -167,6 +169,7 @@ def test_feature_capture_sees_nine_blocks(tiny_unet, tiny_inputs):
     (dict(loss_weights=dict(balanse=0)),
      r"unknown loss_weights \['balanse'\]; the weights are \['balance', 'denoise', "
      r"'feat_kd', 'out_kd', 'ratio', 'smooth'\]"),
+    (dict(budget_fit=-0.1), r'budget_fit is a keep-ratio tolerance in \[0, 1\) or None'),
 ])
 def test_bad_settings_stop_before_training(options, message):
     with pytest.raises(ValueError, match=message):
@@ -365,3 +368,48 @@ def test_tensorboard_backend_logs_beside_the_local_scalars(tmp_path):
     assert [event.step for event in losses] == [1, 2]
     assert [event.value for event in losses] == pytest.approx(
         [row['unet/loss'] for row in scalars(tmp_path)])
+
+
+def test_gate_shift_gives_the_closest_table_any_shift_gives():
+    costs = _model().costs['fvcore']
+    g = torch.Generator().manual_seed(1)
+    logits = torch.randn(4, len(costs.unit_macs), generator=g) * 3
+    usage = torch.tensor([0.4, 0.3, 0.2, 0.1])
+
+    def keep(shift):
+        return (costs.keep_ratio((logits.double() + shift > 0).double()) @ usage.double()).item()
+
+    shift = fit_gate_shift(logits, usage, costs, 0.65)
+    dense_grid = [keep(d) for d in torch.linspace(-15, 15, 6001).tolist()]
+    assert abs(keep(shift) - 0.65) <= min(abs(k - 0.65) for k in dense_grid) + 1e-12
+    # A table already the closest one is left as it is.
+    assert fit_gate_shift(logits + shift, usage, costs, 0.65) == 0.0
+
+
+@pytest.mark.parametrize('tolerance', [None, 0.0, 0.5])
+def test_budget_fit_moves_the_frozen_table_onto_the_budget(tolerance):
+    # After the tiny config's one hypernetwork step the table keeps 0.31 for a target
+    # of 0.65, a miss of 0.34.
+    model = _model(hypernet_iters=1, budget_fit=tolerance)
+    optim = _optim(model)
+    torch.manual_seed(0)
+    log = model.train_step(_batch(), optim)
+    route = model.routing_table.clone()
+    hypernet = model.hypernet
+    logits = hypernet.experts() + hypernet.gate_offset
+    usage = torch.bincount(route, minlength=len(logits)) / len(route)
+    keep = model.keep_ratios()['fvcore']
+    if tolerance is None or tolerance >= 0.34:
+        assert keep == pytest.approx(log.get('budget_fit/keep_ratio_before', keep))
+        assert torch.equal(model.expert_masks, (logits > 0).float())
+    else:
+        shift = fit_gate_shift(logits, usage, model.costs['fvcore'], model.target_keep)
+        assert log['budget_fit/shift'].item() == shift != 0
+        assert torch.equal(model.expert_masks, (logits + shift > 0).float())
+        assert abs(keep - 0.65) < abs(log['budget_fit/keep_ratio_before'].item() - 0.65)
+        assert abs(keep - 0.65) < 0.05
+    assert torch.equal(route, bare(hypernet).table()[1])  # routing untouched
+    # After T_end the fitted table stays frozen.
+    masks = model.expert_masks.clone()
+    model.train_step(_batch(), optim)
+    assert torch.equal(model.expert_masks, masks)

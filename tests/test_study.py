@@ -30,6 +30,7 @@ def test_run_and_point_names_follow_the_plan():
     # T_end at 30 % of each run's length, seeds of the run and of the model.
     options = study.Run('ALTER', 1, 1000).options(cache=None)
     assert 'model.hypernet_iters=300' in options and 'model.seed=1' in options
+    assert 'model.budget_fit=0.02' in options
     assert 'model.hypernet.router.min_period=100' in study.Run('ALTER-lowfreq', 0, 10).options(None)
     assert study.Run('Static', 0, 10).num_experts == 1
 

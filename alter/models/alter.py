@@ -7,7 +7,8 @@ Per batch (ALTER_SPEC §5), while the step count is below ``hypernet_iters`` (T_
 2. refresh of the hard mask table from the hypernetwork in eval mode;
 3. UNet update, hypernetwork frozen: ``L_U`` under the hard masks of the table.
 
-After T_end only step 3 runs, with the frozen table. ``schedule='two_stage'``
+After T_end only step 3 runs, with the frozen table (``budget_fit``, an option
+beyond the paper, first moves it onto the budget). ``schedule='two_stage'``
 (the TwoStage ablation) runs step 1-2 alone until T_end, then step 3 alone.
 
 Each sample has its own timestep, so the hypernetwork step runs the gated
@@ -25,10 +26,12 @@ from typing import Dict, Iterator, Optional, Tuple
 
 import torch
 from mmengine.dist import all_reduce_dict
+from mmengine.logging import print_log
 from mmengine.optim import OptimWrapperDict
 from torch import nn
 
 from alter.inference.experts import weights_fingerprint
+from alter.models.budget_fit import fit_gate_shift
 from alter.models.conditioning import context_to
 from alter.models.diffusion import LatentDiffusion
 from alter.models.hypernet import HyperNetwork
@@ -93,6 +96,10 @@ class ALTER(LatentDiffusion):
             the UNet) or ``grouped`` (one hard-skipped forward and backward per
             expert in the batch; the same updates, faster only where per-sample
             compute outweighs the per-group costs, see docs/benchmarks.md).
+        budget_fit: None (the paper) or a tolerance: if the table frozen at T_end
+            keeps more than this far from p, every gate's threshold moves by one
+            shared shift so that it keeps as close to p as the units allow
+            (``alter.models.budget_fit``).
         **kwargs: ``LatentDiffusion`` arguments (noise scheduler, conditioning,
             ``pretrained``, ``resolution``, ``latent_scale``, ``context_length``,
             ``seed``); the training resolution fixes the per-unit MAC costs.
@@ -111,6 +118,7 @@ class ALTER(LatentDiffusion):
                  mac_convention: str = 'fvcore',
                  teacher: Optional[dict] = None,
                  unet_step: dict = dict(type='blended'),
+                 budget_fit: Optional[float] = None,
                  **kwargs) -> None:
         if not 0 < target_sparsity < 1:
             raise ValueError(f'target_sparsity must lie in (0, 1) (fraction of UNet MACs '
@@ -119,6 +127,9 @@ class ALTER(LatentDiffusion):
             raise ValueError(f'num_experts must be at least 1, got {num_experts}')
         if schedule not in ('joint', 'two_stage'):
             raise ValueError(f"schedule must be 'joint' or 'two_stage', got {schedule!r}")
+        if budget_fit is not None and not 0 <= budget_fit < 1:
+            raise ValueError(f'budget_fit is a keep-ratio tolerance in [0, 1) or None (off), '
+                             f'got {budget_fit}')
         if mac_convention not in CONVENTIONS:
             raise ValueError(f'mac_convention must be one of {CONVENTIONS}, got {mac_convention!r}')
         super().__init__(unet, **kwargs)
@@ -126,6 +137,7 @@ class ALTER(LatentDiffusion):
         self.hypernet_iters = hypernet_iters
         self.schedule = schedule
         self.mac_convention = mac_convention
+        self.budget_fit = budget_fit
         unknown = sorted(set(loss_weights or {}) - set(DEFAULT_LOSS_WEIGHTS))
         if unknown:
             raise ValueError(f'unknown loss_weights {unknown}; the weights are '
@@ -194,6 +206,25 @@ class ALTER(LatentDiffusion):
         self.expert_masks.copy_(masks.float())
         self.routing_table.copy_(route)
 
+    @torch.no_grad()
+    def fit_table_to_budget(self) -> Dict[str, torch.Tensor]:
+        """Move the table onto the budget if it misses it by more than ``budget_fit``:
+        one shift of every gate threshold, the routing unchanged. Returns the shift
+        and the keep ratio before it, for the log."""
+        before = self.keep_ratios()[self.mac_convention]
+        shift = 0.0
+        if abs(before - self.target_keep) > self.budget_fit:
+            hypernet = bare(self.hypernet)
+            logits = hypernet.experts() + hypernet.gate_offset  # (N_E, N_L)
+            usage = torch.bincount(self.routing_table, minlength=len(logits)) / len(self.routing_table)
+            shift = fit_gate_shift(logits, usage, self.costs[self.mac_convention], self.target_keep)
+            self.expert_masks.copy_((logits + shift > 0).float())
+            print_log(f'budget_fit: the table kept {before:.4f} for a target of '
+                      f'{self.target_keep:.4f}; shifting every gate logit by {shift:+.4f} gives '
+                      f'{self.keep_ratios()[self.mac_convention]:.4f}', logger='current')
+        return {'budget_fit/keep_ratio_before': torch.tensor(before),
+                'budget_fit/shift': torch.tensor(shift)}
+
     def keep_ratios(self) -> Dict[str, float]:
         """Realised keep ratio of the hard table under each MAC convention."""
         masks = self.timestep_masks
@@ -220,6 +251,8 @@ class ALTER(LatentDiffusion):
         if hypernet_phase:
             log.update(self._hypernet_step(x_t, timesteps, rows, context, reference,
                                            optim_wrapper['hypernet']))
+            if step == self.hypernet_iters - 1 and self.budget_fit is not None:
+                log.update(self.fit_table_to_budget())
         if self.schedule == 'joint' or not hypernet_phase:
             log.update(self._unet_step(x_t, timesteps, rows, context, reference,
                                        optim_wrapper['unet']))
