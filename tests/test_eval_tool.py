@@ -66,6 +66,7 @@ def test_image_store_round_trips_8_bit_images_and_refuses_other_settings(tmp_pat
     images = torch.rand(3, 3, 8, 8) * 2 - 1
     store.save([0, 2], images[[0, 2]])
     assert store.missing(3) == [1]
+    assert store.missing(3, rank=1, world_size=2) == [1] and store.missing(3, 0, 2) == []
     loaded = store.load([0, 2])
     assert (loaded - images[[0, 2]]).abs().max() <= 1 / 127.5  # 8-bit rounding only
     assert ImageStore(tmp_path / 'run', dict(steps=20)).missing(3) == [1]
@@ -218,10 +219,11 @@ def _pixels(folder: Path) -> dict:
 
 
 def test_two_gloo_ranks_write_the_images_and_results_of_one_process(shapes_alter, tmp_path):
-    """Sharded generation (prompts 0, 2, 4 on rank 0; 1, 3, 5 on rank 1, in batches of
-    other sizes than one process's) gives the same 8-bit images, bit for bit: every image
-    starts from its own seed's noise and the tiny UNet's float32 batch arithmetic does not
-    mix samples. Rank 0 then scores them as one process does."""
+    """Sharded generation (prompts 0, 2, 4 on rank 0; 1, 3, 5 on rank 1, in other batches
+    than one process's) gives the same 8-bit images, bit for bit: every image starts from
+    its own seed's noise, and these float32 CPU kernels give a sample the same result in
+    any batch (GPU kernels chosen per batch size need not). Rank 0 then scores all images
+    as one process does."""
     tool = load_tool('test')
     pruned = shapes_alter[0]
     options = ['--num-prompts', '6', '--steps', '3', '--batch-size', '4',
