@@ -1,5 +1,10 @@
 """tools/test.py on the embedded benchmark, and the prompt files and image store it uses."""
 import json
+import os
+import re
+import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -12,10 +17,12 @@ from alter.evaluation.image_store import ImageStore
 from alter.evaluation.prompts import load_prompts
 from alter.evaluation.reference import ReferenceImages, resize_square
 from alter.inference.experts import save_checkpoint
-from alter.registry import MODELS
+from alter.evaluation.features import cached_dataset_features
+from alter.registry import METRICS, MODELS
 
 from .conftest import ROOT as _ROOT
 from .conftest import load_tool
+from .test_evaluation import _MeanColour
 
 ROOT = Path(_ROOT)
 
@@ -59,6 +66,7 @@ def test_image_store_round_trips_8_bit_images_and_refuses_other_settings(tmp_pat
     images = torch.rand(3, 3, 8, 8) * 2 - 1
     store.save([0, 2], images[[0, 2]])
     assert store.missing(3) == [1]
+    assert store.missing(3, rank=1, world_size=2) == [1] and store.missing(3, 0, 2) == []
     loaded = store.load([0, 2])
     assert (loaded - images[[0, 2]]).abs().max() <= 1 / 127.5  # 8-bit rounding only
     assert ImageStore(tmp_path / 'run', dict(steps=20)).missing(3) == [1]
@@ -79,6 +87,22 @@ def test_reference_images_are_center_cropped_and_resized(tmp_path):
     assert resize_square(torch.zeros(2, 3, 10, 20), 5).shape == (2, 3, 5, 5)
     with pytest.raises(FileNotFoundError, match='--reference'):
         ReferenceImages(str(tmp_path / 'missing'))
+
+
+def test_reference_features_read_by_dataloader_workers_with_a_progress_bar(tmp_path, capsys):
+    from PIL import Image
+    colours = np.arange(5 * 3, dtype=np.uint8).reshape(5, 1, 1, 3) * 17
+    for i, colour in enumerate(colours):
+        Image.fromarray(np.broadcast_to(colour, (12, 12, 3)).copy()).save(tmp_path / f'{i}.png')
+    reference = dict(type='ReferenceImages', root=str(tmp_path), size=8)
+    in_process = cached_dataset_features(_MeanColour(), reference, tmp_path / 'a', batch_size=2)
+    expected = colours.reshape(5, 3) / 127.5 - 1  # each image's mean colour, in file order
+    assert np.allclose(in_process[:, :3], expected, atol=1e-6)
+    assert '100%' in capsys.readouterr().err.split('reference features')[-1]
+    # Two worker processes read the same images in the same order (a metric's option).
+    metric = METRICS.build(dict(type='ProxyFID', extractor=_MeanColour(), reference=reference,
+                                cache_dir=str(tmp_path / 'b'), batch_size=2, num_workers=2))
+    assert np.array_equal(metric.reference_features(), in_process)
 
 
 # -- tools/test.py end to end ------------------------------------------------------------------
@@ -173,3 +197,79 @@ def test_missing_weights_and_references_fail_with_the_option_to_pass(shapes_alte
                        '--steps', '1', '--metrics', metric, '--reference', str(tmp_path),
                        '--work-dir', str(tmp_path / 'w')])
     assert not (tmp_path / 'w' / 'images').exists()  # refused before generating anything
+
+
+# -- distributed evaluation -----------------------------------------------------------------------
+
+def _dist_test(*args, cwd, timeout=240) -> subprocess.CompletedProcess:
+    with socket.socket() as s:
+        s.bind(('127.0.0.1', 0))
+        port = s.getsockname()[1]
+    env = dict(os.environ, OMP_NUM_THREADS='1', CUDA_VISIBLE_DEVICES='', PYTHON=sys.executable,
+               PORT=str(port))
+    return subprocess.run(['bash', str(ROOT / 'tools' / 'dist_test.sh'), *args], cwd=cwd,
+                          env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def _pixels(folder: Path) -> dict:
+    """name -> uint8 pixels of every PNG under ``folder``."""
+    from PIL import Image
+    return {str(f.relative_to(folder)): np.asarray(Image.open(f))
+            for f in sorted(folder.rglob('*.png'))}
+
+
+def test_two_gloo_ranks_write_the_images_and_results_of_one_process(shapes_alter, tmp_path):
+    """Sharded generation (prompts 0, 2, 4 on rank 0; 1, 3, 5 on rank 1, in other batches
+    than one process's) gives the same 8-bit images, bit for bit: every image starts from
+    its own seed's noise, and these float32 CPU kernels give a sample the same result in
+    any batch (GPU kernels chosen per batch size need not). Rank 0 then scores all images
+    as one process does."""
+    tool = load_tool('test')
+    pruned = shapes_alter[0]
+    options = ['--num-prompts', '6', '--steps', '3', '--batch-size', '4',
+               '--metrics', 'attribute_accuracy', 'alignment', 'ssim', 'psnr', 'macs']
+    tool.main([SHAPES, str(pruned), *options, '--work-dir', str(tmp_path / 'one' / 'run'),
+               '--dense-store', str(tmp_path / 'one' / 'dense')])
+
+    # Two ranks, started from another directory with relative paths.
+    two = tmp_path / 'two'
+    two.mkdir()
+    for name in ('configs', 'checkpoints'):
+        (two / name).symlink_to(ROOT / name)
+    (two / 'pruned').symlink_to(pruned)
+    result = _dist_test(SHAPES, 'pruned', '2', *options, '--work-dir', 'run',
+                        '--dense-store', 'dense', cwd=two)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    # Rank 0's share: 3 of the 6 routed images, one batch (one process: two batches).
+    assert re.search(r'pruned-3 generation: 100%.* 1/1 ', result.stderr), result.stderr[-3000:]
+
+    for folder in ('run/images', 'dense'):
+        one, both = _pixels(tmp_path / 'one' / folder), _pixels(two / folder)
+        assert len(one) == 6 and one.keys() == both.keys()
+        assert all(np.array_equal(one[name], both[name]) for name in one), folder
+    single = json.loads((tmp_path / 'one' / 'run' / 'results.json').read_text())
+    double = json.loads((two / 'run' / 'results.json').read_text())
+    assert single['rows'] == double['rows']
+    assert 0 < single['rows'][0]['ssim_vs_dense'] < 1
+    assert (single['manifest']['world_size'], double['manifest']['world_size']) == (1, 2)
+    differ = {k for k in single['manifest'] if single['manifest'][k] != double['manifest'][k]}
+    assert differ == {'world_size', 'checkpoint', 'command'}
+    assert (tmp_path / 'one' / 'run' / 'per_image.csv').read_text() == \
+        (two / 'run' / 'per_image.csv').read_text()
+
+
+def test_dist_test_help_and_missing_arguments(tmp_path):
+    shown = _dist_test('--help', cwd=tmp_path, timeout=30)
+    assert shown.returncode == 0 and shown.stdout.startswith('usage: tools/dist_test.sh CONFIG')
+    for args, problem in [((SHAPES, 'dense'), 'expected CONFIG, CHECKPOINT and NUM_GPUS, got 2'),
+                          ((SHAPES, 'dense', '0'), "NUM_GPUS must be a positive integer, got '0'")]:
+        refused = _dist_test(*args, cwd=tmp_path, timeout=30)
+        assert refused.returncode == 2 and problem in refused.stderr, refused.stderr
+        assert 'usage: tools/dist_test.sh CONFIG CHECKPOINT NUM_GPUS' in refused.stderr
+
+
+def test_pytorch_launcher_without_torchrun_says_how_to_start_the_ranks(monkeypatch):
+    for name in ('RANK', 'WORLD_SIZE', 'LOCAL_RANK'):
+        monkeypatch.delenv(name, raising=False)
+    with pytest.raises(ValueError, match='tools/dist_test.sh CONFIG CHECKPOINT NUM_GPUS'):
+        load_tool('test').main([SHAPES, 'dense', '--num-prompts', '1', '--launcher', 'pytorch'])

@@ -2,7 +2,9 @@
 
     python tools/test.py CONFIG CHECKPOINT [--preset shapes|coco2014-30k|coco2017-5k]
         [--prompts FILE] [--num-prompts N] [--steps 20] [--scheduler ddim] [--guidance 3]
-        [--resolution PX] [--seed 0] [--metrics NAME...] [--work-dir DIR] ...
+        [--resolution PX] [--seed 0] [--metrics NAME...] [--work-dir DIR]
+        [--launcher none|pytorch] ...
+    tools/dist_test.sh CONFIG CHECKPOINT NUM_GPUS [options as above]
 
 CHECKPOINT is an ALTER checkpoint directory (``unet/`` + ``experts.json``), a dense
 one (``unet/`` only), or ``dense`` for the config's own pretrained UNet; its results
@@ -23,10 +25,16 @@ scores, for paired comparisons between checkpoints) and ``manifest.json`` (every
 setting) to WORK_DIR. A store of images is keyed on what made them (the prompt texts,
 the UNet's weights fingerprint, the experts, the model config and the sampler settings):
 reopening it after any of these changed is refused.
+
+With ``--launcher pytorch`` (torchrun, ``tools/dist_test.sh``) each rank generates every
+N-th prompt into the same stores (N ranks), on its own GPU (gloo on CPU); prompt i keeps
+seed ``SEED*100000 + i``, so the images do not depend on N. Once every rank is done,
+rank 0 alone scores all images and writes the results; the manifest records N.
 """
 import argparse
 import hashlib
 import json
+import os
 import platform
 import sys
 from importlib.metadata import PackageNotFoundError, version
@@ -37,6 +45,7 @@ import numpy as np
 import pandas as pd
 import torch
 from mmengine.config import DictAction
+from mmengine.dist import get_dist_info, init_dist
 from mmengine.evaluator import Evaluator
 from tqdm import tqdm
 
@@ -94,6 +103,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help='open_clip pretrained tag the weights file is (recorded)')
     parser.add_argument('--clip-weights', help='open_clip weights file of --clip-model')
     parser.add_argument('--cmmd-weights', help='open_clip ViT-L-14-336 (openai) weights file')
+    parser.add_argument('--workers', type=int, default=min(4, os.cpu_count() or 1),
+                        help='DataLoader processes reading reference images for FID/KID/CMMD '
+                        '(default: 4 or the number of CPUs if fewer; 0 reads them in this one)')
     parser.add_argument('--latency-repeats', type=positive_int, default=5)
     parser.add_argument('--latency-warmup', type=int, default=1)
     parser.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
@@ -102,7 +114,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument('--dense-store', default='work_dirs/test/dense',
                         help='where dense comparison images are kept, one folder per setting')
     parser.add_argument('--cfg-options', nargs='+', action=DictAction, default={})
+    parser.add_argument('--launcher', choices=['none', 'pytorch'], default='none',
+                        help='job launcher (pytorch = torchrun, see tools/dist_test.sh)')
     args = parser.parse_args(argv)
+    if args.workers < 0:
+        parser.error(f'--workers must be 0 or more, got {args.workers}')
     for key, value in PRESETS[args.preset].items():
         if getattr(args, key, None) is None:
             setattr(args, key, value)
@@ -138,7 +154,7 @@ def metric_cfgs(args) -> Dict[str, List[dict]]:
     """Metric configs in two groups: distances on images resized to the FID size, and
     the rest on the generated images as they are."""
     ref = reference_cfg(args, args.fid_size)
-    ref_arg = dict(reference=ref) if ref else {}
+    ref_arg = dict(num_workers=args.workers, **(dict(reference=ref) if ref else {}))
     resized, native = [], []
     if 'fid' in args.metrics:
         resized.append(dict(type='ProxyFID', extractor=dict(
@@ -157,19 +173,47 @@ def metric_cfgs(args) -> Dict[str, List[dict]]:
                            weights=args.clip_weights, pretrained_tag=args.clip_pretrained))
     if 'cmmd' in args.metrics:
         cmmd_ref = reference_cfg(args, None if args.reference is None else 336)
-        native.append(dict(type='CMMD', weights=args.cmmd_weights,
+        native.append(dict(type='CMMD', weights=args.cmmd_weights, num_workers=args.workers,
                            **(dict(reference=cmmd_ref) if cmmd_ref else {})))
     return dict(resized=resized, native=native)
 
 
+def start_ranks(args) -> Tuple[int, int]:
+    """(rank, world size) of this process: (0, 1) without a launcher; under torchrun
+    the process group is joined, NCCL with one GPU per rank (``LOCAL_RANK``) or gloo
+    on CPU (mmengine's ``init_dist`` sets a CUDA device)."""
+    if args.launcher == 'none':
+        return 0, 1
+    if 'RANK' not in os.environ:
+        raise InputError('--launcher pytorch needs the environment torchrun sets (RANK, '
+                         'WORLD_SIZE, MASTER_ADDR, ...): start the ranks with '
+                         'tools/dist_test.sh CONFIG CHECKPOINT NUM_GPUS')
+    if torch.device(args.device).type == 'cuda':
+        init_dist('pytorch', backend='nccl')
+    else:
+        torch.distributed.init_process_group(backend='gloo')
+    return get_dist_info()
+
+
+def finish_ranks() -> None:
+    """Wait until every rank has written its images, then leave the process group:
+    rank 0 scores alone (mmengine's metrics would otherwise gather over the ranks)."""
+    if torch.distributed.is_initialized():
+        torch.distributed.barrier()
+        torch.distributed.destroy_process_group()
+
+
 def generate_missing(store: ImageStore, generate: TextToImage, prompts, seeds, steps: int,
-                     args, label: str) -> None:
-    """Generate the prompts whose images the store lacks, batch by batch."""
-    todo = store.missing(len(prompts))
-    if len(todo) < len(prompts):
-        print(f'{label}: {len(prompts) - len(todo)} of {len(prompts)} images already there')
+                     args, label: str, rank: int = 0, world_size: int = 1) -> None:
+    """Generate the prompts of this rank's shard whose images the store lacks, batch by
+    batch (the bar shows rank 0's shard)."""
+    todo = store.missing(len(prompts), rank, world_size)
+    share = len(range(rank, len(prompts), world_size))
+    if len(todo) < share and rank == 0:
+        shard = ' of rank 0' if world_size > 1 else ''
+        print(f'{label}: {share - len(todo)} of {share} images{shard} already there')
     for start in tqdm(range(0, len(todo), args.batch_size), desc=f'{label} generation',
-                      disable=not todo):
+                      disable=not todo or rank != 0):
         part = todo[start:start + args.batch_size]
         with autocast(args):
             images = generate([prompts[i]['caption'] for i in part], [seeds[i] for i in part],
@@ -326,9 +370,11 @@ def write_results(work_dir: Path, rows: List[dict], per_image: pd.DataFrame,
 
 
 @torch.no_grad()
-def main(argv=None) -> Dict:
+def main(argv=None) -> Optional[Dict]:
+    """The results rows and manifest (None on ranks other than 0)."""
     args = parse_args(argv)
     cfg = load_config(args.config, args.cfg_options)
+    rank, world_size = start_ranks(args)
     device = torch.device(args.device)
 
     model = LatentDiffusion.from_config(cfg.model).eval().to(device)
@@ -349,7 +395,11 @@ def main(argv=None) -> Dict:
     dense = TextToImage(model.unet, model.autoencoder, model.text_encoder,
                         model.scheduler.config, latent_size)
 
-    evaluators = build_evaluators(args)
+    # Rank 0 scores. Its metrics are built first, and the other ranks wait for them, so a
+    # missing weights file or reference stops the run before any image is generated.
+    evaluators = build_evaluators(args) if rank == 0 else {}
+    if world_size > 1:
+        torch.distributed.barrier()
     prompts = prompt_set(args)
     seeds = [args.seed * 100_000 + i for i in range(len(prompts))]
     name = Path(args.checkpoint.rstrip('/')).name
@@ -361,7 +411,7 @@ def main(argv=None) -> Dict:
                     cfg_options=args.cfg_options)
     key = image_key(cfg.model.to_dict(), unet, experts, prompts, args, resolution, args.steps)
     store = ImageStore(work_dir / 'images' / method, key)
-    generate_missing(store, pipe, prompts, seeds, args.steps, args, method)
+    generate_missing(store, pipe, prompts, seeds, args.steps, args, method, rank, world_size)
 
     needs_dense = experts is not None and (
         args.dense_baseline or set(args.metrics) & {'ssim', 'psnr'})
@@ -371,7 +421,11 @@ def main(argv=None) -> Dict:
         dense_key = image_key(cfg.model.to_dict(), model.unet, None, prompts, args, resolution,
                               args.dense_steps)
         dense_store = ImageStore(dense_store_dir(args, dense_key), dense_key)
-        generate_missing(dense_store, dense, prompts, seeds, args.dense_steps, args, dense_method)
+        generate_missing(dense_store, dense, prompts, seeds, args.dense_steps, args, dense_method,
+                         rank, world_size)
+    finish_ranks()
+    if rank != 0:
+        return None
 
     scores, per_image = score(store, prompts, evaluators, args, dense_store)
     costs = mac_tables(unet, experts.space if experts else 'paper', model, resolution) \
@@ -393,6 +447,7 @@ def main(argv=None) -> Dict:
     manifest = dict(
         preset=args.preset, **settings, steps=args.steps, dense_steps=args.dense_steps,
         metrics=args.metrics, seeds=f'prompt i uses seed {args.seed} * 100000 + i',
+        world_size=world_size,
         image_format='8-bit PNG, metrics read the saved files',
         device=device_name(device), precision='fp16 autocast' if device.type == 'cuda' else 'fp32',
         versions=dict(python=platform.python_version(),

@@ -24,8 +24,10 @@ import torch
 import torch.nn.functional as F
 from mmengine.logging import print_log
 from torch import nn
+from torch.utils.data import DataLoader
 from torchvision.models.inception import (BasicConv2d, Inception3, InceptionA, InceptionAux,
                                           InceptionB, InceptionC, InceptionD, InceptionE)
+from tqdm import tqdm
 
 from alter.registry import DATASETS, MODELS
 from alter.utils.io import atomic_write, atomic_write_json, cache_path
@@ -251,17 +253,28 @@ def extract_features(extractor: FeatureExtractor, batches: Iterable[torch.Tensor
     return torch.cat([extractor(b.to(device)).float().cpu() for b in batches]).numpy()
 
 
-def dataset_batches(dataset: Sequence[dict], batch_size: int) -> Iterator[torch.Tensor]:
-    """The ``image`` entries of ``dataset`` in index order, stacked ``batch_size`` at a time."""
-    for start in range(0, len(dataset), batch_size):
-        stop = min(start + batch_size, len(dataset))
-        yield torch.stack([dataset[i]['image'] for i in range(start, stop)])
+def stack_images(samples: Sequence[dict]) -> torch.Tensor:
+    """DataLoader collate: the samples' ``image`` entries (3, H, W) -> (B, 3, H, W)."""
+    return torch.stack([sample['image'] for sample in samples])
+
+
+def dataset_batches(dataset: Sequence[dict], batch_size: int,
+                    num_workers: int = 0) -> Iterator[torch.Tensor]:
+    """The ``image`` entries of ``dataset`` in index order, stacked ``batch_size`` at a time,
+    read by ``num_workers`` DataLoader processes (0: this one), with a progress bar."""
+    loader = DataLoader(dataset, batch_size=batch_size, num_workers=num_workers,
+                        collate_fn=stack_images)
+    with tqdm(total=len(dataset), desc='reference features', unit='img') as bar:
+        for batch in loader:
+            yield batch
+            bar.update(len(batch))
 
 
 def cached_dataset_features(extractor: FeatureExtractor, dataset_cfg: dict,
-                            cache_dir: Optional[PathLike] = None,
-                            batch_size: int = 50) -> np.ndarray:
-    """Features float32 (N, D) of every image of the dataset ``dataset_cfg`` (``DATASETS``).
+                            cache_dir: Optional[PathLike] = None, batch_size: int = 50,
+                            num_workers: int = 0) -> np.ndarray:
+    """Features float32 (N, D) of every image of the dataset ``dataset_cfg`` (``DATASETS``),
+    read by ``num_workers`` DataLoader processes (0: this one).
 
     Cached as ``.npy`` under ``cache_dir`` (default ``$ALTER_CACHE/features``), keyed by
     the extractor's name and a hash of the dataset config; the renders of a
@@ -275,7 +288,7 @@ def cached_dataset_features(extractor: FeatureExtractor, dataset_cfg: dict,
     dataset = DATASETS.build(dict(dataset_cfg))
     print_log(f'computing {extractor.name} features of {len(dataset)} images of {dataset_cfg} '
               f'(cached at {path})', logger='current')
-    features = extract_features(extractor, dataset_batches(dataset, batch_size))
+    features = extract_features(extractor, dataset_batches(dataset, batch_size, num_workers))
 
     def write(tmp: str) -> None:
         with open(tmp, 'wb') as f:  # a file object: np.save would append '.npy' to a name

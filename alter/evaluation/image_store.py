@@ -5,7 +5,10 @@ A store is a folder ``<dir>/`` with ``00000.png, 00001.png, ...`` and
 weights, sampler settings, ...). Reopening a store with other settings raises
 instead of mixing images of two runs.
 Images are written atomically; metrics read the PNGs back, so they score
-exactly the 8-bit images a user would save.
+exactly the 8-bit images a user would save. Several processes (the ranks of a
+distributed evaluation) can fill one store: each opens it with the same settings
+and writes only the images of its own shard of the indices (``missing``), one file
+per image, so no two processes write the same file.
 """
 import json
 from pathlib import Path
@@ -51,9 +54,10 @@ class ImageStore:
     def path(self, index: int) -> Path:
         return self.root / f'{index:05d}.png'
 
-    def missing(self, count: int) -> List[int]:
-        """Indices below ``count`` without an image yet."""
-        return [i for i in range(count) if not self.path(i).is_file()]
+    def missing(self, count: int, rank: int = 0, world_size: int = 1) -> List[int]:
+        """Indices below ``count`` without an image yet, of shard ``rank`` of
+        ``world_size``: every ``world_size``-th index from ``rank`` on."""
+        return [i for i in range(rank, count, world_size) if not self.path(i).is_file()]
 
     def save(self, indices: Sequence[int], images: torch.Tensor) -> None:
         for index, pixels in zip(indices, to_uint8(images)):

@@ -106,6 +106,7 @@ class _FeatureDistanceMetric(_BenchmarkMetric):
         reference: ``DATASETS`` config of the real images; their features are cached
             under ``cache_dir`` (default ``$ALTER_CACHE/features``).
         batch_size: images per extractor call.
+        num_workers: DataLoader processes reading the reference images (0: this one).
         resamples: bootstrap draws of the generated images for the 95 % interval
             (the reference set is held fixed). A set statistic on a draw with repeated
             images reads as less diverse, so these intervals sit slightly high; the
@@ -114,12 +115,14 @@ class _FeatureDistanceMetric(_BenchmarkMetric):
 
     def __init__(self, extractor: Union[dict, FeatureExtractor] = DEFAULT_EXTRACTOR,
                  reference: dict = DEFAULT_REFERENCE, cache_dir: Optional[PathLike] = None,
-                 batch_size: int = 50, resamples: int = 100, **kwargs) -> None:
+                 batch_size: int = 50, num_workers: int = 0, resamples: int = 100,
+                 **kwargs) -> None:
         super().__init__(**kwargs)
         self.extractor = build_extractor(extractor).to(self.device)
         self.reference = dict(reference)
         self.cache_dir = cache_dir
         self.batch_size = batch_size
+        self.num_workers = num_workers
         self.resamples = resamples
 
     def process(self, data_batch: Any, data_samples: Sequence[dict]) -> None:
@@ -129,7 +132,7 @@ class _FeatureDistanceMetric(_BenchmarkMetric):
     def reference_features(self) -> np.ndarray:
         """(N, D) features of the reference renders."""
         return cached_dataset_features(self.extractor, self.reference, self.cache_dir,
-                                       self.batch_size)
+                                       self.batch_size, self.num_workers)
 
     def with_interval(self, name: str, distance, generated: np.ndarray) -> Dict[str, float]:
         """``name``: ``distance(generated)`` and its bootstrap interval over the
