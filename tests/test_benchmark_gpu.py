@@ -12,12 +12,15 @@ import diffusers
 import pytest
 import torch
 
+from torch._dynamo.backends.registry import register_backend
+
 from alter.inference.sampler import build_sampling_scheduler
 from alter.utils.cli import InputError
 from alter.utils.config import load_config
 
 from .conftest import ROOT, TINY_UNET_CONFIG, load_tool
 
+FAILING = 'benchmark_gpu_failing'  # a torch.compile backend that raises
 SMALL_UNET = f"""
 _base_ = [{TINY_UNET_CONFIG!r}]
 model = dict(unet=dict(arch=dict(
@@ -53,7 +56,7 @@ def test_every_measurement_at_small_size(tmp_path):
     assert report['device'].startswith('CPU') and report['dtype'] == 'torch.float32'
     assert (report['torch'], report['diffusers']) == (torch.__version__, diffusers.__version__)
     assert (report['resolution'], report['latent'], report['guidance_batch']) == (32, 16, 2)
-    assert report['gmacs_per_call'] > 0 and report['elapsed_seconds'] > 0
+    assert report['gmacs_per_call'] > 0 and report['elapsed_seconds'] > 0 and report['complete']
 
     experts = report['per_step']['experts']
     assert len(experts) == 4 and report['per_step']['dense_seconds'] > 0
@@ -113,9 +116,44 @@ def test_budget_caps_repeats_and_compiling(tmp_path):
     assert report['per_step']['experts'][0]['keep_ratio'] == pytest.approx(0.631, abs=5e-4)
 
 
+def test_a_failing_compile_keeps_the_other_measurements(tmp_path):
+    """The report is written before compiling; a compile error is reported, not fatal."""
+    out = tmp_path / 'out' / 'benchmark_gpu.json'
+    seen = []
+
+    def failing(graph, example_inputs):
+        seen.append(json.loads(out.read_text()))  # what a stopped run would have left
+        raise RuntimeError('no kernel for this graph\nsecond line')
+
+    if FAILING not in torch._dynamo.list_backends(exclude_tags=()):
+        register_backend(failing, name=FAILING)
+    config = tmp_path / 'small_unet.py'
+    config.write_text(SMALL_UNET)
+    report = _run(tmp_path, str(config), '--repeats', '1', '--loop-repeats', '1',
+                  '--compile-backend', FAILING, '--compile-experts', '2')
+    assert report['complete'] and report['end_to_end']['speedup'] > 0
+    compiled = report['compile']
+    assert compiled['graphs'] == {} and compiled['repeats'] == 0
+    assert compiled['skipped'] == {
+        'expert 0': 'compile failed: BackendCompilerFailed: backend=\'benchmark_gpu_failing\' '
+                    'raised:',
+        'dense': 'not tried: compiling expert 0 failed',
+        'expert 1': 'not tried: compiling expert 0 failed',
+        'expert 2': '--compile-experts', 'expert 3': '--compile-experts'}
+    assert len(seen) == 1 and not seen[0]['complete'] and seen[0]['compile'] is None
+    assert seen[0]['end_to_end'] == report['end_to_end']
+
+
 def test_refuses_a_denoiser_the_pipeline_cannot_run(tmp_path):
     with pytest.raises(InputError, match='shapes_dit_e4_s35.py: model.unet builds a '
                        'PixArtTransformer2DModel; .*tools/benchmark_speed.py'):
         load_tool('benchmark_gpu').main(
             [os.path.join(ROOT, 'configs', 'alter', 'shapes_dit_e4_s35.py'), '--device', 'cpu',
              '--out-dir', str(tmp_path)])
+
+
+def test_refuses_an_unknown_compile_backend(capsys):
+    with pytest.raises(SystemExit):
+        load_tool('benchmark_gpu').parse_args(['--compile-backend', 'inductr'])
+    assert ("argument --compile-backend: 'inductr' is not a registered torch.compile backend; "
+            'registered: ') in capsys.readouterr().err

@@ -56,6 +56,15 @@ GUIDANCE = 7.5
 SECTIONS = ('per step', 'routing', 'end to end', 'memory', 'compile')
 
 
+def compile_backend(name: str) -> str:
+    """argparse type: a registered ``torch.compile`` backend."""
+    backends = torch._dynamo.list_backends(exclude_tags=())
+    if name not in backends:
+        raise argparse.ArgumentTypeError(f'{name!r} is not a registered torch.compile backend; '
+                                         f'registered: {", ".join(backends)}')
+    return name
+
+
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     parser.add_argument('config', nargs='?', default='configs/_base_/models/sd21_unet.py',
@@ -73,7 +82,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help='repeats of single UNet calls and routing loops (at most)')
     parser.add_argument('--loop-repeats', type=positive_int, default=3,
                         help='repeats of whole generations (at most)')
-    parser.add_argument('--compile-backend', default='inductor', help='torch.compile backend')
+    parser.add_argument('--compile-backend', type=compile_backend, default='inductor',
+                        help='torch.compile backend')
     parser.add_argument('--compile-experts', type=positive_int,
                         help='compile only the first N experts (default: all)')
     parser.add_argument('--no-compile', action='store_true', help='skip torch.compile')
@@ -129,13 +139,13 @@ def make_pipeline(unet: UNet2DConditionModel, latent_scale: int,
     """A ``StableDiffusionPipeline`` around ``unet``: no text encoder (prompts are given as
     embeddings) and a tiny random VAE that only sets the latent scale (latents are returned)."""
     levels = latent_scale.bit_length()  # 2 ** (levels - 1) = latent_scale
-    device, dtype = unet.device, unet.dtype
     vae = AutoencoderKL(in_channels=3, out_channels=3, latent_channels=unet.config.in_channels,
                         block_out_channels=(4, ) * levels, layers_per_block=1, norm_num_groups=4,
                         down_block_types=('DownEncoderBlock2D', ) * levels,
                         up_block_types=('UpDecoderBlock2D', ) * levels)
-    # Every part on the UNet's device and dtype already: the pipeline runs where its parts are.
-    pipe = StableDiffusionPipeline(vae=vae.to(device, dtype), text_encoder=None, tokenizer=None,
+    # On the UNet's device, as the pipeline runs where its parts are; it never runs, so it
+    # stays in float32.
+    pipe = StableDiffusionPipeline(vae=vae.to(unet.device), text_encoder=None, tokenizer=None,
                                    unet=unet, scheduler=scheduler, safety_checker=None,
                                    feature_extractor=None, requires_safety_checker=False)
     pipe.set_progress_bar_config(disable=True)
@@ -168,19 +178,29 @@ def compile_section(graphs: Dict[str, tuple], wanted_repeats: int, step: float,
                     budget: Budget, first_estimate: float, sync, log) -> dict:
     """Compile each graph (name -> (eager call, compiled call, cost in dense steps)) in order
     while the budget allows; then the compiled ones interleaved with their eager calls."""
-    compiled, skipped, first_calls = {}, {}, {}
+    compiled, skipped, first_calls, failed = {}, {}, {}, None
     for name, (eager, call, cost) in graphs.items():
         estimate = max(first_calls.values(), default=first_estimate)
         # Left for the timing after the compiles: a warm-up and one repeat of every call.
         reserve = 4 * step * (cost + sum(c for _, _, c in compiled.values()))
-        if skipped or budget.left() < estimate + reserve:
+        if failed:  # the same failure would likely repeat, each time after a long trace
+            skipped[name] = f'not tried: compiling {failed} failed'
+            continue
+        if budget.left() < estimate + reserve:
             skipped[name] = (f'time budget: {budget.left():.0f} s left, compiling estimated at '
                              f'{estimate:.0f} s')
             continue
         log(f'compiling {name} (estimate {estimate:.0f} s, {budget.left():.0f} s left)')
         sync()
         start = time.perf_counter()
-        call()  # traces and compiles the graph
+        try:
+            call()  # traces and compiles the graph
+        except Exception as error:  # reported with the measurements made so far
+            first_line = next(iter(str(error).splitlines()), '')
+            skipped[name] = f'compile failed: {type(error).__name__}: {first_line}'
+            log(skipped[name])
+            failed = name
+            continue
         sync()
         first_calls[name] = time.perf_counter() - start
         compiled[name] = (eager, call, cost)
@@ -200,8 +220,8 @@ def compile_section(graphs: Dict[str, tuple], wanted_repeats: int, step: float,
     return dict(graphs=rows, skipped=skipped, repeats=repeats)
 
 
-def run(args: argparse.Namespace) -> dict:
-    """All measurements; returns the report."""
+def run(args: argparse.Namespace, save: Callable[[dict], None]) -> dict:
+    """All measurements; returns the report, handed to ``save`` also before compiling."""
     budget = Budget(args.budget)
     unet, model_cfg = build_unet(args.config)
     bar = tqdm(total=1 + len(SECTIONS), desc='build', unit='section')
@@ -248,9 +268,21 @@ def run(args: argparse.Namespace) -> dict:
     dense_call()
     sync()
     step = time.perf_counter() - start  # a first estimate for the budget
-    log(f'built {type(unet).__name__} ({sum(p.numel() for p in unet.parameters()) / 1e6:.1f} M '
-        f'parameters, random weights), {costs.total_macs * batch / 1e9:.1f} GMACs per call; '
-        f'a dense call takes ~{step * 1e3:.1f} ms')
+    report = dict(
+        device=device_name(device), torch=torch.__version__, diffusers=diffusers.__version__,
+        cuda=torch.version.cuda if device.type == 'cuda' else None,
+        python=platform.python_version(), dtype=str(dtype), config=args.config,
+        weights='random', resolution=resolution, latent=latent, batch=args.batch,
+        guidance_batch=batch, guidance_scale=GUIDANCE, scheduler=args.scheduler,
+        attention=type(next(iter(unet.attn_processors.values()))).__name__,
+        parameters=sum(p.numel() for p in unet.parameters()),
+        gmacs_per_call=costs.total_macs * batch / 1e9, mac_convention=costs.convention,
+        sparsity=args.sparsity, num_experts=args.experts,
+        timed='UNet only: random prompt embeddings (no text encoder), latents returned '
+              '(the tiny random VAE never runs)', budget_seconds=args.budget)
+    log(f"built {type(unet).__name__} ({report['parameters'] / 1e6:.1f} M parameters, random "
+        f"weights), {report['gmacs_per_call']:.4g} GMACs per call; a dense call takes "
+        f'~{step * 1e3:.1f} ms')
 
     # -- per step: dense against each expert, eager, routed by host lookups -----------------
     section('per step')
@@ -341,6 +373,9 @@ def run(args: argparse.Namespace) -> dict:
     if memory:
         log(f'peak memory of a generation: dense {memory["dense"]["peak_bytes"] / 2**30:.2f} GiB, '
             f'ALTER {memory["alter"]["peak_bytes"] / 2**30:.2f} GiB')
+    report.update(per_step=per_step, routing=routing, end_to_end=end_to_end, memory=memory,
+                  compile=None, complete=False, elapsed_seconds=budget.elapsed())
+    save(report)  # kept if compiling fails hard or the run is stopped
 
     # -- eager against torch.compile, per expert -------------------------------------------
     section('compile')
@@ -374,21 +409,8 @@ def run(args: argparse.Namespace) -> dict:
             log(f'not compiled: {compiled["skipped"]}')
     bar.update()
     bar.close()
-
-    return dict(
-        device=device_name(device), torch=torch.__version__, diffusers=diffusers.__version__,
-        cuda=torch.version.cuda if device.type == 'cuda' else None,
-        python=platform.python_version(), dtype=str(dtype), config=args.config,
-        weights='random', resolution=resolution, latent=latent, batch=args.batch,
-        guidance_batch=batch, guidance_scale=GUIDANCE, scheduler=args.scheduler,
-        attention=type(next(iter(unet.attn_processors.values()))).__name__,
-        parameters=sum(p.numel() for p in unet.parameters()),
-        gmacs_per_call=costs.total_macs * batch / 1e9, mac_convention=costs.convention,
-        sparsity=args.sparsity, num_experts=args.experts,
-        timed='UNet only: random prompt embeddings (no text encoder), latents returned '
-              '(the tiny random VAE never runs)',
-        per_step=per_step, routing=routing, end_to_end=end_to_end, memory=memory,
-        compile=compiled, budget_seconds=args.budget, elapsed_seconds=budget.elapsed())
+    report.update(compile=compiled, complete=True, elapsed_seconds=budget.elapsed())
+    return report
 
 
 def _ms(seconds: float) -> str:
@@ -406,12 +428,15 @@ def markdown(report: dict) -> str:
         f"{report['latent']} latent), batch {report['batch']} (×2 for guidance "
         f"{report['guidance_scale']}), {report['scheduler']}, attention "
         f"{report['attention']}; torch {report['torch']}, diffusers {report['diffusers']}"
-        f"{', CUDA ' + report['cuda'] if report['cuda'] else ''}. {report['gmacs_per_call']:.1f} "
+        f"{', CUDA ' + report['cuda'] if report['cuda'] else ''}. {report['gmacs_per_call']:.4g} "
         f"GMACs per UNet call ({report['mac_convention']}); {report['num_experts']} synthetic "
         f"experts at sparsity {report['sparsity']}. Timed: {report['timed']}. Medians of "
         'interleaved repeats after a warm-up. Run took '
         f"{report['elapsed_seconds']:.0f} s (budget {report['budget_seconds']:.0f} s).",
         '',
+        *([] if report['complete'] else [
+            '**Incomplete: the measurements made before torch.compile; the run did not finish.**',
+            '']),
         '| measurement | dense | ALTER | speedup | MAC ratio | % of ideal |',
         '|---|---|---|---|---|---|']
     for e, row in enumerate(per_step['experts']):
@@ -445,12 +470,13 @@ def markdown(report: dict) -> str:
         f"alone {routing['timestep_read_isolated_seconds'] * 1e6:.1f} µs)."]
     compiled = report['compile']
     if compiled is None:
-        lines += ['', 'torch.compile: not run (--no-compile).']
+        lines += ['', 'torch.compile: not measured.']
         return '\n'.join(lines) + '\n'
     lines += [
         '',
         f"torch.compile (backend {compiled['backend']}, fullgraph), {compiled['repeats']} "
-        'repeats; compile time = first call − compiled call:',
+        'repeats; experts called through the routed UNet as a pipeline calls it (routed by the '
+        'timestep it receives); compile time = first call − compiled call:',
         '',
         '| UNet | keep | eager | compiled | compiled vs eager | speedup vs dense, compiled '
         '| compile time |',
@@ -468,11 +494,15 @@ def markdown(report: dict) -> str:
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
-    with torch.no_grad():
-        report = run(args)
     out = Path(args.out_dir)
-    atomic_write_json(out / 'benchmark_gpu.json', report)
-    atomic_write_text(out / 'benchmark_gpu.md', markdown(report))
+
+    def save(report: dict) -> None:
+        atomic_write_json(out / 'benchmark_gpu.json', report)
+        atomic_write_text(out / 'benchmark_gpu.md', markdown(report))
+
+    with torch.no_grad():
+        report = run(args, save)
+    save(report)
     print(markdown(report))
     print(f'wrote {out / "benchmark_gpu.json"} and {out / "benchmark_gpu.md"}')
     return report
