@@ -2,7 +2,7 @@
 
     python tools/benchmark_gpu.py                  # SD2.1 architecture, CUDA, under 8 minutes
     python tools/benchmark_gpu.py configs/alter/tiny_e4_s35.py --device cpu --steps 4 3 \\
-        --repeats 1 --loop-repeats 1 --compile-backend eager --compile-experts 1
+        --repeats 1 --loop-repeats 1 --compile-backend eager --compile-experts 1   # a check
 
 Random weights (nothing is downloaded); ``--experts`` synthetic experts, expert k
 keeping the k costliest ``paper`` units and skipping the next ones until
@@ -23,10 +23,12 @@ a warm-up, medians, the device synchronised around each (``alter.utils.timing``)
 * per expert and dense, eager against ``torch.compile(fullgraph=True)`` (experts
   compiled through the routed UNet, one graph each), compile time apart.
 
-``--budget`` seconds bound the run: repeats shrink to fit each section's share of
-the time left, and compiling stops before a graph that would not fit (the
-report names what was left out). Writes ``benchmark_gpu.json`` and
-``benchmark_gpu.md`` into ``--out-dir``.
+``--budget`` seconds bound the run, model building included: repeats shrink to
+fit each section's share of the time left, and a graph whose compile would not
+fit is left out (the report names what was left out and why; a compile that
+fails is reported the same way). Writes ``benchmark_gpu.json`` and
+``benchmark_gpu.md`` into ``--out-dir``, atomically, once before compiling
+(``complete: false``) and once at the end.
 """
 import argparse
 import copy
