@@ -18,17 +18,17 @@ UNet's MACs is removed. Classifier-free guidance doubles the batch, as in
 sampling. On CUDA it runs in float16.
 """
 import argparse
-import time
 
 import torch
 
-from alter.inference.experts import ExpertSet, load_experts, load_unet, weights_fingerprint
-from alter.inference.routing import ExpertRouter, TimestepRouting, call_timestep
+from alter.inference.experts import load_experts, load_unet
+from alter.inference.routing import ExpertRouter
 from alter.inference.sampler import build_sampling_scheduler, sample
+from alter.inference.speed import lookup_seconds, synthetic_experts, timestep_read
 from alter.models.conditioning import context_to, map_context
 from alter.registry import MODELS, PRUNING_SPACES
 from alter.units.backbones import backbone_of
-from alter.units.macs import architecture_key, mac_table
+from alter.units.macs import mac_table
 from alter.utils.cli import open_fraction, positive_int, run_tool
 from alter.utils.config import load_config
 from alter.utils.io import atomic_write_json
@@ -56,55 +56,6 @@ def parse_args(argv=None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def synthetic_expert(unet, space: str, costs, sparsity: float) -> ExpertSet:
-    """One expert skipping the costliest units until ``sparsity`` of all MACs is removed."""
-    units = PRUNING_SPACES.build(dict(type=space)).find(unet)
-    keep = [True] * len(units)
-    removed = 0.0
-    for i in sorted(range(len(units)), key=lambda i: -costs.unit_macs[i]):
-        if removed >= sparsity * costs.total_macs:
-            break
-        keep[i] = False
-        removed += costs.unit_macs[i]
-    return ExpertSet(tuple(u.name for u in units), (tuple(keep), ), (0, ) * 1000, space,
-                     dict(key=architecture_key(unet)), {}, weights_fingerprint(unet))
-
-
-def timestep_read(call, router: ExpertRouter, t, args, noise_config: dict, sync) -> dict:
-    """Seconds per UNet call that routing by the received timestep adds.
-
-    ``call(timestep)`` calls the router's UNet on the benchmark's batch. Both loops
-    make the same N2 UNet calls on the schedule's device timesteps, as pipelines
-    pass them; one routes from a host copy of the schedule, the other
-    (``TimestepRouting``) reads each received timestep, syncing the device. Also
-    the read alone, on a device that has finished its work.
-    """
-    scheduler = build_sampling_scheduler(args.scheduler, noise_config)
-    scheduler.set_timesteps(args.steps[1], device=t.device)
-    timesteps, host = scheduler.timesteps, scheduler.timesteps.tolist()
-
-    def from_host():
-        for i, step in enumerate(timesteps):
-            router.select(host[i])
-            call(step)
-
-    def from_read():
-        routing = TimestepRouting(router)
-        for step in timesteps:
-            call(step)
-        routing.remove()
-
-    loops = interleaved({'host': from_host, 'read': from_read}, args.repeats, sync)
-    router.dense()
-    sync()
-    reads = 10_000
-    start = time.perf_counter()
-    for _ in range(reads):
-        call_timestep(t)
-    return dict(per_call=(loops['read'] - loops['host']) / len(host), loops=loops,
-                isolated=(time.perf_counter() - start) / reads)
-
-
 def main(argv=None) -> None:
     args = parse_args(argv)
     device = torch.device(args.device)
@@ -125,7 +76,7 @@ def main(argv=None) -> None:
     space = experts.space if experts else 'paper'
     units = PRUNING_SPACES.build(dict(type=space)).find(unet)
     costs = mac_table(unet, units, space, latent * scale, scale, context_length)
-    experts = experts or synthetic_expert(unet, space, costs, args.sparsity)
+    experts = experts or synthetic_experts(unet, space, costs, args.sparsity)
     unet = unet.to(device, dtype) if dtype != torch.float32 else unet.to(device)
     router = ExpertRouter(unet, experts)
 
@@ -152,16 +103,13 @@ def main(argv=None) -> None:
         call(t)
 
     step = interleaved({'dense': dense_call, 'expert': expert_call}, args.repeats, sync)
-    lookups = 10_000
-    start = time.perf_counter()
-    for i in range(lookups):
-        router.select(float(i % 1000))
-    lookup = (time.perf_counter() - start) / lookups
-    router.dense()
+    lookup = lookup_seconds(router)
 
     noise_config = dict(model_cfg.noise_scheduler)
     dense_steps, alter_steps = args.steps
-    read = timestep_read(call, router, t, args, noise_config, sync)
+    schedule = build_sampling_scheduler(args.scheduler, noise_config)
+    schedule.set_timesteps(alter_steps, device=device)
+    read = timestep_read(call, router, schedule.timesteps, args.repeats, sync)
 
     noise = torch.randn(args.batch, channels, latent, latent, device=device, dtype=dtype)
     cond = map_context(lambda c: c[:args.batch], context)
