@@ -59,7 +59,7 @@ class FeatureExtractor(nn.Module):
 
 def timm_state_dict(packaged: Dict[str, torch.Tensor], model: nn.Module,
                     source: PathLike) -> Dict[str, torch.Tensor]:
-    """The packaged EfficientNet-Lite0 state dict (lukemelas-style names: ``_conv_stem``,
+    """The packaged EfficientNet-Lite0 state dict (EfficientNet-PyTorch names: ``_conv_stem``,
     ``_blocks.N._depthwise_conv``, ``_fc``) under timm's names (``conv_stem``,
     ``blocks.S.R.conv_dw``, ``classifier``).
 
