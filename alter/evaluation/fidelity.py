@@ -45,7 +45,8 @@ def ssim(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     and averaged over channels and pixels. This equals
     ``skimage.metrics.structural_similarity(a, b, gaussian_weights=True, sigma=1.5,
     use_sample_covariance=False, data_range=1, channel_axis=...)`` on [0, 1] images,
-    which also crops the window's 5-pixel reach from its map.
+    which also crops the window's 5-pixel reach from its map
+    (``tests/test_reference_parity.py`` checks it).
     """
     a, b = _unit_range(a, b)
     if min(a.shape[-2:]) < SSIM_WINDOW:

@@ -16,6 +16,7 @@ from typing import List, Sequence
 
 import numpy as np
 import torch
+from einops import rearrange
 from PIL import Image
 
 from alter.utils.cli import InputError
@@ -27,12 +28,12 @@ SETTINGS_FILE = 'settings.json'
 def to_uint8(images: torch.Tensor) -> np.ndarray:
     """(B, 3, H, W) float in [-1, 1] -> (B, H, W, 3) uint8, rounded."""
     pixels = ((images.float().clamp(-1, 1) + 1) * 127.5).round()
-    return pixels.to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+    return rearrange(pixels.to(torch.uint8), 'b c h w -> b h w c').cpu().numpy()
 
 
 def from_uint8(pixels: np.ndarray) -> torch.Tensor:
     """(B, H, W, 3) uint8 -> (B, 3, H, W) float in [-1, 1]."""
-    return torch.from_numpy(pixels).permute(0, 3, 1, 2).float() / 127.5 - 1
+    return rearrange(torch.from_numpy(pixels), 'b h w c -> b c h w').float() / 127.5 - 1
 
 
 class ImageStore:

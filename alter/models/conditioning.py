@@ -34,6 +34,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
+from einops import rearrange
 from torch import nn
 
 from alter.registry import MODELS
@@ -163,7 +164,9 @@ def openclip_tokenizer_folder() -> Path:
 class PixelUnshuffleAutoencoder(nn.Module):
     """Exact, invertible latent stand-in: ``pixel_unshuffle`` by ``factor``.
 
-    32x32 RGB -> 12x16x16 for factor 2; ``decode(encode(x)) == x`` bit for bit.
+    32x32 RGB -> 12x16x16 for factor 2; ``decode(encode(x)) == x`` bit for bit. Each
+    ``factor x factor`` pixel block becomes channels ordered (colour, row, column in the
+    block), as ``F.pixel_unshuffle`` orders them.
     """
 
     def __init__(self, factor: int = 2, channels: int = 3) -> None:
@@ -172,10 +175,12 @@ class PixelUnshuffleAutoencoder(nn.Module):
         self.latent_channels = channels * factor * factor
 
     def encode(self, images: torch.Tensor, noise: Optional[torch.Tensor] = None) -> torch.Tensor:
-        return F.pixel_unshuffle(images, self.scale_factor)  # deterministic: noise unused
+        f = self.scale_factor  # deterministic: noise unused
+        return rearrange(images, '... c (h p) (w q) -> ... (c p q) h w', p=f, q=f)
 
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
-        return F.pixel_shuffle(latents, self.scale_factor)
+        f = self.scale_factor
+        return rearrange(latents, '... (c p q) h w -> ... c (h p) (w q)', p=f, q=f)
 
 
 @MODELS.register_module()
