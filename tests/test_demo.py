@@ -1,10 +1,12 @@
 """tools/demo.py, the README's main job, end to end at a tiny size: trains from the
 shipped teacher, compares with dense at equal MACs and with a shipped ALTER checkpoint."""
 import json
+import math
 import subprocess
 import sys
 
 import pytest
+from PIL import Image
 
 from tests.conftest import ROOT
 
@@ -13,11 +15,46 @@ SMALL = ['--num-prompts', '6', '--steps', '6', '3', '--timing-repeats', '1',
          'train_dataloader.batch_size=4']
 
 
-def demo(work_dir, *args):
+def demo(work_dir, *args, timeout=900):
     result = subprocess.run([sys.executable, 'tools/demo.py', '--work-dir', str(work_dir), *args,
-                             *SMALL], cwd=ROOT, capture_output=True, text=True, timeout=900)
+                             *SMALL], cwd=ROOT, capture_output=True, text=True, timeout=timeout)
     assert result.returncode == 0, result.stderr[-3000:]
     return result.stdout, json.loads((work_dir / 'results.json').read_text())
+
+
+def test_tiny_demo_writes_its_table_results_and_grid(tmp_path):
+    """The whole demo in under a minute: 3 training iterations, 6 prompts, 16 real renders
+    for the proxy FID/KID (the default 2,000 take minutes to featurise)."""
+    output, results = demo(tmp_path, '--num-reference', '16', timeout=300)
+    assert set(results) == {'rows', 'stage_seconds', 'settings', 'experts'}
+    rows = {row['method']: row for row in results['rows']}
+    this, shipped = 'ALTER-3 (this run)', 'ALTER-3 (shipped)'
+    equal = round(3 * rows[this]['keep_ratio'])
+    assert list(rows) == list(dict.fromkeys(['dense-6', 'dense-3', f'dense-{equal}', this,
+                                             shipped]))
+    assert results['settings']['num_prompts'] == 6 and results['settings']['num_reference'] == 16
+    assert set(results['experts']) == {this, shipped}
+    assert results['experts'][shipped]['num_experts'] == 4
+    assert len(results['experts'][shipped]['routing_table']) == 1000
+    for name, row in rows.items():
+        assert 0 < row['keep_ratio'] <= 1 and row['seconds_per_generation'] > 0, name
+        assert row['gmacs_per_generation'] > 0
+        assert math.isfinite(row['fid_efficientnet_lite0']) and row['fid_efficientnet_lite0'] > 0
+        assert row['kid_efficientnet_lite0_std'] >= 0
+        for key in ('attribute_accuracy', 'alignment_lit_minilm_effnet', 'paired_dense-6/ssim'):
+            assert row[f'{key}_ci_low'] <= row[key] <= row[f'{key}_ci_high'], (name, key)
+        assert 0 <= row['attribute_accuracy'] <= 1
+    # MACs follow the step counts and the keep ratio; dense-6 is its own reference.
+    assert rows['dense-6']['macs_vs_dense_50'] == 1.0 and rows['dense-3']['macs_vs_dense_50'] == 0.5
+    assert rows['dense-6']['paired_dense-6/ssim'] == 1.0 > rows['dense-3']['paired_dense-6/ssim']
+    assert rows[shipped]['keep_ratio'] == pytest.approx(0.65, abs=0.02)
+    assert rows[shipped]['macs_vs_dense_50'] < 0.5 * rows[shipped]['keep_ratio'] + 0.05
+    assert rows[shipped]['gmacs_per_generation'] < rows['dense-3']['gmacs_per_generation']
+    assert set(results['stage_seconds']) == {'train', 'sample', 'timing', 'evaluate', 'total'}
+    with Image.open(tmp_path / 'grid.png') as grid:  # 6 prompts x (real render + 4 methods)
+        assert grid.format == 'PNG' and grid.height > grid.width / 2
+    assert (tmp_path / 'alter_checkpoint' / 'experts.json').exists()
+    assert 'speedup_vs_dense_50' in output and 'wrote' in output
 
 
 @pytest.mark.slow  # minutes: the proxy FID's features of 2,000 reference renders

@@ -3,7 +3,7 @@ compare it on the same prompts and seeds with the dense teacher (and with a long
 trained ALTER checkpoint, ``--shipped``).
 
     python tools/demo.py [--backbone unet|dit] [--work-dir work_dirs/demo] [--seed 0]
-        [--num-prompts 300] [--threads 1] [--shipped CHECKPOINT]
+        [--num-prompts 300] [--num-reference 2000] [--threads 1] [--shipped CHECKPOINT]
 
 ``--backbone`` picks the benchmark's denoiser: ``unet`` (default; the mini LDM's
 UNet, ``configs/alter/shapes_e4_s35.py``) or ``dit`` (the tiny PixArt-style
@@ -66,6 +66,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument('--work-dir', default='work_dirs/demo')
     parser.add_argument('--seed', type=int, default=0, help='training and sampling seed')
     parser.add_argument('--num-prompts', type=int, default=300)
+    parser.add_argument('--num-reference', type=int, default=2000,
+                        help='real val renders the proxy FID/KID compare with')
     parser.add_argument('--steps', type=int, nargs=2, default=(50, 20), metavar=('DENSE', 'FEW'))
     parser.add_argument('--shipped', help="a trained ALTER checkpoint to compare with (default: "
                         "the backbone's, checkpoints/shapes_alter_e4_s35 for the UNet -- the "
@@ -186,7 +188,7 @@ def main(argv=None) -> None:
 
     t0 = time.perf_counter()
     reference = f'dense-{dense_steps}'
-    evaluator = BenchmarkEvaluator(default_metrics(len(samples)) + [
+    evaluator = BenchmarkEvaluator(default_metrics(len(samples), args.num_reference) + [
         dict(type='PairedFidelity', reference_key='dense_image', name=reference)])
     quality = {name: evaluator(imgs, samples, {'dense_image': images[reference]})
                for name, imgs in images.items()}
@@ -211,7 +213,8 @@ def main(argv=None) -> None:
     results = dict(
         rows=rows, stage_seconds=stage_seconds,
         settings=dict(backbone=args.backbone, config=args.config, seed=args.seed,
-                      num_prompts=len(samples), prompt_split='val', scheduler=args.scheduler, guidance=args.guidance,
+                      num_prompts=len(samples), num_reference=args.num_reference,
+                      prompt_split='val', scheduler=args.scheduler, guidance=args.guidance,
                       cfg_options=args.cfg_options, shipped=args.shipped,
                       timing_batch=args.timing_batch, timing_repeats=args.timing_repeats,
                       threads=torch.get_num_threads(),

