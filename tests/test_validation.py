@@ -15,14 +15,19 @@ from alter.datasets.latent_cache import cache_cfg_options
 from alter.engine.checkpoint import trust_local_checkpoints
 from alter.engine.run_config import check_and_record
 from alter.evaluation.benchmark import benchmark_prompts
-from alter.inference.experts import load_experts, load_unet, save_checkpoint
+from alter.inference.experts import (ExpertSet, expert_record, load_experts, load_unet,
+                                     save_checkpoint)
 from alter.inference.pipeline import TextToImage
 from alter.inference.routing import ExpertRouter
 from alter.registry import MODELS
+from alter.units.gating import UnitGating
 from alter.utils.cli import InputError
 
+from . import test_clip_metrics
 from .conftest import ROOT
-from .test_clip_metrics import TINY_CLIP, tiny_clip_weights  # noqa: F401  (fixture)
+from .test_clip_metrics import TINY_CLIP
+
+tiny_clip_weights = test_clip_metrics.tiny_clip_weights  # the tiny random open_clip model
 
 SHAPES = f'{ROOT}/configs/alter/shapes_e4_s35.py'
 SAMPLING = dict(num_steps=3, guidance_scale=3.0, scheduler='ddim')
@@ -40,7 +45,8 @@ def shapes_cfg(work_dir, **options) -> Config:
     """The shipped ALTER config at a few iterations, prompts and steps, validating every
     iteration."""
     cfg = Config.fromfile(SHAPES)
-    cfg.merge_from_dict({'train_cfg.max_iters': 2, 'train_cfg.val_interval': 1,
+    cfg.merge_from_dict({'train_cfg.max_iters': 2, 'train_cfg.val_begin': 1,
+                         'train_cfg.val_interval': 1,
                          'model.hypernet_iters': 1, 'train_dataloader.batch_size': 2,
                          'val_dataloader.dataset.num_prompts': 4, 'val_cfg.num_steps': 3,
                          'default_hooks.logger.interval': 1, 'log_processor.window_size': 1,
@@ -95,6 +101,16 @@ def test_val_step_samples_the_routed_experts_as_deployed(tmp_path):
     torch.testing.assert_close(torch.stack([out['image'] for out in routed]), images,
                                rtol=0, atol=1e-5)
 
+    # The router drives the model's own gating; a gating of other modules is refused.
+    assert model.inference_router().gating is model.gating
+    experts = ExpertSet.from_dict(expert_record(model.export_experts(), model.unet))
+    other = UnitGating(model.space.find(model.teacher))  # same paths, other modules
+    try:
+        with pytest.raises(ValueError, match="gating is not on the 'paper' units of this UNet"):
+            ExpertRouter(model.unet, experts, gating=other)
+    finally:
+        other.remove()
+
 
 def test_training_logs_validation_metrics_and_trains_as_without(tmp_path):
     trust_local_checkpoints()
@@ -123,7 +139,7 @@ def test_training_logs_validation_metrics_and_trains_as_without(tmp_path):
         assert [row[key] for row in train_rows] == [row[key] for row in plain]
 
 
-def test_clip_score_validation_from_a_prompt_file(tmp_path, tiny_clip_weights):  # noqa: F811
+def test_clip_score_validation_from_a_prompt_file(tmp_path, tiny_clip_weights):
     """The SD2.1 setting (configs/_base_/schedules/sd21_validation.py), here with a tiny
     random open_clip model and the embedded benchmark's model."""
     sd21 = Config.fromfile(f'{ROOT}/configs/_base_/schedules/sd21_validation.py')

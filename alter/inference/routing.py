@@ -73,9 +73,9 @@ class ExpertRouter:
             raise ValueError(f'the {experts.space!r} units of this UNet do not match the expert '
                              f'file: unit {names[unit]} is {paths[unit]} here but '
                              f'{experts.unit_paths[unit]} in the file (was its space changed?)')
-        if gating is not None and tuple(u.path for u in gating.units) != paths:
-            raise ValueError('the given gating is not on the units of this UNet\'s '
-                             f'{experts.space!r} space; pass the gating installed on them')
+        if gating is not None and [u.module for u in gating.units] != [u.module for u in units]:
+            raise ValueError(f'the given gating is not on the {experts.space!r} units of this '
+                             'UNet; pass the gating installed on them')
         if not allow_other_weights:
             check_weights(unet, experts)
         self.unet = unet

@@ -1,7 +1,7 @@
 # ALTER training on the embedded benchmark (any backbone), sized for the demo on a 2-core
 # CPU: 400 iterations (tools/study.py trains 300-4000); AdamW, lr 1e-4 for the denoiser and
 # 2e-3 for the hypernetwork after a 20-iteration warm-up; experts written every 100.
-# Validated every 500 iterations and at the end: the routed student's images, also
+# Validated from iteration 500 on, every 500 and at the end: the routed student's images, also
 # against the dense teacher's from the same prompt and noise (SSIM, PSNR).
 _base_ = ['./shapes_validation.py']
 train_cfg = dict(type='IterBasedTrainLoop', max_iters=400)

@@ -3,7 +3,7 @@
 # EMA of the weights (decay 0.999, a ~1000-iteration horizon; checkpoints hold the EMA).
 # Validated every 1000 iterations and at the end (the trained weights, not the EMA).
 _base_ = ['./shapes_validation.py']
-train_cfg = dict(type='IterBasedTrainLoop', max_iters=12000, val_interval=1000)
+train_cfg = dict(type='IterBasedTrainLoop', max_iters=12000, val_begin=1000, val_interval=1000)
 optim_wrapper = dict(
     constructor='SubmoduleOptimWrapperConstructor',
     unet=dict(type='OptimWrapper', optimizer=dict(type='AdamW', lr=1e-3, weight_decay=0.01),
