@@ -44,6 +44,7 @@ class GenerationPrompts(Dataset):
         else:
             self.items = [dict(caption=p['caption'], seed=seed * 100_000 + i) for i, p in
                           enumerate(load_prompts(prompts, num_prompts, caption_column))]
+        self.metainfo = dict(prompts=str(prompts), num_prompts=len(self.items), seed=seed)
 
     def __len__(self) -> int:
         return len(self.items)

@@ -12,8 +12,8 @@ Configs switch it on with the three settings mmengine reads (all or none)::
 The model's ``val_step`` generates each prompt's image as the model would be
 deployed (ALTER: the routed experts of the current table, units really skipped)
 through the shared sampler; the metrics are ``METRICS`` of ``alter.evaluation``.
-Results go to the visualizer under ``val/`` (``vis_data/scalars.json``, and
-TensorBoard or W&B when configured) at the iteration they were measured.
+Results go to the visualizer beside the losses (``vis_data/scalars.json`` lines whose
+``step`` is the iteration they were measured at; TensorBoard or W&B when configured).
 Turn it off with ``--cfg-options val_cfg=None val_dataloader=None val_evaluator=None``.
 """
 from typing import Sequence
