@@ -41,12 +41,14 @@ TENSORS = ('latents', 'context')
 
 def cache_cfg_options(root: PathLike) -> List[str]:
     """``--cfg-options`` that make an ALTER or teacher config train on the cache at
-    ``root`` instead of rendering and encoding every batch (no encoders are built)."""
+    ``root`` instead of rendering and encoding every batch (no encoders are built, so
+    no validation either: it generates images)."""
     return ['train_dataloader.dataset._delete_=True',
             'train_dataloader.dataset.type=LatentCacheDataset',
             f'train_dataloader.dataset.root={root}',
             'train_dataloader.collate_fn.type=default_collate',
-            'model.autoencoder=None', 'model.text_encoder=None']
+            'model.autoencoder=None', 'model.text_encoder=None',
+            'val_cfg=None', 'val_dataloader=None', 'val_evaluator=None']
 
 
 def shard_path(root: PathLike, shard: int) -> Path:

@@ -1,2 +1,3 @@
-"""Runner parts: optimiser construction, hooks, checkpoint loading, data parallelism, the runner."""
-from alter.engine import hooks, optim, parallel, runner  # noqa: F401
+"""Runner parts: optimiser construction, hooks, checkpoint loading, data parallelism, the runner,
+the validation loop."""
+from alter.engine import hooks, optim, parallel, runner, validation  # noqa: F401

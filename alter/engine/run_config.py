@@ -20,9 +20,11 @@ from alter.utils.io import atomic_write_json
 
 FINGERPRINT = 'run_config.json'
 # model.unet_step: how the UNet update runs, the same losses either way (FSDP needs 'blended').
+# Validation reads the model and never changes what trains (alter.engine.validation).
 MAY_CHANGE = ('work_dir', 'experiment_name', 'resume', 'load_from', 'launcher', 'train_cfg.max_iters', 'env_cfg',
               'default_hooks', 'log_level', 'log_processor', 'visualizer', 'vis_backends',
-              'model.unet_step')
+              'model.unet_step', 'train_cfg.val_interval', 'train_cfg.val_begin', 'val_cfg',
+              'val_dataloader', 'val_evaluator')
 
 
 def _flatten(obj, prefix: str = '') -> Dict[str, str]:

@@ -48,10 +48,14 @@ class ExpertRouter:
     Raises if the UNet is not the architecture the experts were trained for,
     if its pruning space does not give the expert file's units, or (unless
     ``allow_other_weights``) if its weights are not the trained ones.
+
+    ``gating``: the gating already installed on these units (a model in
+    training, ``ALTER.gating``), driven instead of installing another one;
+    ``remove()`` then removes it.
     """
 
     def __init__(self, unet: nn.Module, experts: ExpertSet,
-                 allow_other_weights: bool = False) -> None:
+                 allow_other_weights: bool = False, gating: Optional[UnitGating] = None) -> None:
         backbone_of(unet, 'routed inference')
         expected = experts.architecture.get('key')
         if expected is not None and architecture_key(unet) != expected:
@@ -69,11 +73,14 @@ class ExpertRouter:
             raise ValueError(f'the {experts.space!r} units of this UNet do not match the expert '
                              f'file: unit {names[unit]} is {paths[unit]} here but '
                              f'{experts.unit_paths[unit]} in the file (was its space changed?)')
+        if gating is not None and [u.module for u in gating.units] != [u.module for u in units]:
+            raise ValueError(f'the given gating is not on the {experts.space!r} units of this '
+                             'UNet; pass the gating installed on them')
         if not allow_other_weights:
             check_weights(unet, experts)
         self.unet = unet
         self.experts = experts
-        self.gating = UnitGating(units)
+        self.gating = UnitGating(units) if gating is None else gating
         self.current = None
 
     def select(self, timestep: float) -> int:

@@ -22,7 +22,7 @@ receives (``alter.inference.grids``), as at inference.
 """
 import copy
 from contextlib import contextmanager
-from typing import Dict, Iterator, Optional, Tuple
+from typing import Dict, Iterator, List, Optional, Tuple
 
 import torch
 from mmengine.dist import all_reduce_dict
@@ -30,7 +30,8 @@ from mmengine.logging import print_log
 from mmengine.optim import OptimWrapperDict
 from torch import nn
 
-from alter.inference.experts import weights_fingerprint
+from alter.inference.experts import ExpertSet, expert_record, weights_fingerprint
+from alter.inference.routing import ExpertRouter
 from alter.models.budget_fit import fit_gate_shift
 from alter.models.conditioning import context_to
 from alter.models.diffusion import LatentDiffusion
@@ -171,6 +172,8 @@ class ALTER(LatentDiffusion):
         self.register_buffer('expert_masks', torch.ones(num_experts, len(units)))
         self.register_buffer('routing_table', torch.zeros(num_timesteps, dtype=torch.long))
         self.refresh_table()
+        # The frozen teacher's validation images, per (caption, seed, sampling settings).
+        self._teacher_images: Dict[tuple, torch.Tensor] = {}
 
     # -- construction helpers -------------------------------------------------
 
@@ -327,6 +330,31 @@ class ALTER(LatentDiffusion):
         """Routed prediction of the denoiser under the hard table; shapes as ``LatentDiffusion``'s."""
         with self.gating.soft(self.timestep_masks[self.rows(timesteps)]):
             return super().forward(latents, timesteps, context, mode)
+
+    # -- validation -----------------------------------------------------------
+
+    def inference_router(self) -> ExpertRouter:
+        """The current table as deployed: the expert record ``tools/export.py`` writes,
+        read back as an ``ExpertSet`` and routing this model's gating (hard skipping)."""
+        unet = bare(self.unet)
+        experts = ExpertSet.from_dict(expert_record(self.export_experts(), unet))
+        return ExpertRouter(unet, experts, gating=self.gating)
+
+    @torch.no_grad()
+    def val_step(self, data: dict) -> List[dict]:
+        """``LatentDiffusion.val_step`` of the routed student, plus each sample's
+        ``teacher_image``: the dense teacher's image from the same prompt and noise
+        (made once per prompt, seed and sampling setting: the teacher is frozen)."""
+        outputs = super().val_step(data)
+        setting = tuple(sorted(data['sampling'].items()))
+        keys = [(s['caption'], s['seed'], setting) for s in data['samples']]
+        missing = [i for i, key in enumerate(keys) if key not in self._teacher_images]
+        if missing:
+            images = self.generate(dict(data, samples=[data['samples'][i] for i in missing]),
+                                   unet=bare(self.teacher))
+            self._teacher_images.update((keys[i], image) for i, image in zip(missing, images))
+        return [dict(out, teacher_image=self._teacher_images[key])
+                for out, key in zip(outputs, keys)]
 
     # -- export ---------------------------------------------------------------
 

@@ -13,7 +13,7 @@ deal them out), so N ranks train exactly like one process with the global
 batch, up to float summation order.
 """
 import inspect
-from typing import Dict, Optional, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import torch
 from mmengine.dist import all_reduce_dict, get_rank, get_world_size
@@ -21,6 +21,8 @@ from mmengine.model import BaseModel
 from mmengine.optim import OptimWrapperDict
 from torch import nn
 
+from alter.inference.pipeline import TextToImage
+from alter.inference.routing import ExpertRouter
 from alter.models.conditioning import Context, context_batch_size, context_to, map_context
 from alter.models.objectives import NoisyBatch
 from alter.registry import MODELS, OBJECTIVES
@@ -240,6 +242,33 @@ class LatentDiffusion(BaseModel):
         log = {'loss_denoise': loss.detach()}
         all_reduce_dict(log, 'mean')  # in place: log the global batch's value
         return log
+
+    # -- validation ------------------------------------------------------------
+
+    def inference_router(self) -> Optional[ExpertRouter]:
+        """What routes the denoiser's steps at inference: nothing (dense) here."""
+        return None
+
+    def generate(self, data: dict, unet: Optional[nn.Module] = None,
+                 router: Optional[ExpertRouter] = None) -> torch.Tensor:
+        """Images (B, 3, H, W) in [-1, 1] of a validation batch, from the shared sampler.
+
+        ``data``: ``samples``, dicts with ``caption`` and ``seed`` (of the initial
+        noise), and ``sampling``, ``TextToImage`` settings (``num_steps``,
+        ``guidance_scale``, ``scheduler``). ``unet``: default the trained denoiser.
+        """
+        samples = data['samples']
+        denoiser = unet if unet is not None else getattr(self.unet, 'module', self.unet)
+        generate = TextToImage.from_model(self, unet=denoiser, router=router)
+        return generate([s['caption'] for s in samples], [s['seed'] for s in samples],
+                        batch_size=len(samples), progress=False, **data['sampling'])
+
+    @torch.no_grad()
+    def val_step(self, data: dict) -> List[dict]:
+        """The batch's samples (``generate``), each with the ``image`` (3, H, W) the
+        model generates for it as deployed (ALTER: the routed experts, hard skipping)."""
+        images = self.generate(data, router=self.inference_router())
+        return [dict(sample, image=image) for sample, image in zip(data['samples'], images)]
 
     def forward(self, latents: torch.Tensor, timesteps: torch.Tensor, context: Context,
                 mode: str = 'tensor') -> torch.Tensor:

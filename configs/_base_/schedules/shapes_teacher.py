@@ -1,7 +1,9 @@
 # Dense-teacher training on the embedded benchmark (any backbone): 12,000 iterations of
 # AdamW (lr 1e-3 after a 200-iteration warm-up, cosine to 5e-5), gradients clipped at 1,
 # EMA of the weights (decay 0.999, a ~1000-iteration horizon; checkpoints hold the EMA).
-train_cfg = dict(type='IterBasedTrainLoop', max_iters=12000)
+# Validated every 1000 iterations and at the end (the trained weights, not the EMA).
+_base_ = ['./shapes_validation.py']
+train_cfg = dict(type='IterBasedTrainLoop', max_iters=12000, val_begin=1000, val_interval=1000)
 optim_wrapper = dict(
     constructor='SubmoduleOptimWrapperConstructor',
     unet=dict(type='OptimWrapper', optimizer=dict(type='AdamW', lr=1e-3, weight_decay=0.01),
