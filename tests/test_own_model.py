@@ -101,7 +101,8 @@ def test_what_you_set_wins_over_the_folder(folder, tmp_path, capsys):
     assert model.noise_scheduler.prediction_type == 'v_prediction'  # your --cfg-options
     assert model.unet.arch.block_out_channels == [8, 16, 16] and model.latent_scale == 4
     printed = ' '.join(capsys.readouterr().out.split())  # lines wrapped
-    assert ("set by you, kept over the folder: model.unet.arch.sample_size=32, "
+    assert ("kept as set (--cfg-options or the config file itself): "
+            "model.unet.arch.sample_size=32, "
             "model.resolution=128, model.noise_scheduler.prediction_type='v_prediction'") in printed
 
 

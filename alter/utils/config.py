@@ -50,12 +50,13 @@ def load_config(path: str, options: Optional[dict] = None) -> Config:
 
 
 def derive_from_pretrained(cfg: Config, yours: Set[str]) -> None:
-    """Describe the backbone by ``model.pretrained``'s folder, in place, and print what changed.
+    """Describe the backbone by ``model.pretrained``'s folder, in place; print what was derived.
 
     Derived (``alter.models.pipeline_folder`` reads the JSON):
 
-    * ``model.unet.arch`` (and ``subfolder``) from ``unet/config.json`` or
-      ``transformer/config.json``: it replaces the ``_base_`` architecture whole;
+    * ``model.unet.arch`` from ``unet/config.json`` or ``transformer/config.json``
+      (the config's ``model.unet.subfolder``): it replaces the ``_base_`` architecture
+      whole;
     * ``model.latent_scale`` from ``vae/config.json`` (2 ** (levels - 1));
     * ``model.noise_scheduler``: each key the config sets, from
       ``scheduler/scheduler_config.json`` if the folder has one;
@@ -154,11 +155,11 @@ def derive_from_pretrained(cfg: Config, yours: Set[str]) -> None:
     for line in lines:
         print(textwrap.fill(line, width=100, subsequent_indent=' ' * 25))
     if kept:
-        print(textwrap.fill('set by you, kept over the folder: ' + ', '.join(
-            f'{k}={cfg_value(cfg, k)!r}' for k in kept), width=100, subsequent_indent='  '))
+        print(textwrap.fill('kept as set (--cfg-options or the config file itself): ' + ', '.join(
+            f'{k}={_value(cfg, k)!r}' for k in kept), width=100, subsequent_indent='  '))
 
 
-def cfg_value(cfg: Config, key: str):
+def _value(cfg: Config, key: str):
     """The value at dotted ``key`` of ``cfg``."""
     value = cfg
     for part in key.split('.'):
