@@ -11,14 +11,15 @@ import shutil
 
 import pytest
 import torch
-from diffusers import AutoencoderKL, PNDMScheduler, UNet2DConditionModel
+from diffusers import AutoencoderKL, DiTTransformer2DModel, PNDMScheduler, UNet2DConditionModel
 
 from alter.models.conditioning import CLIPTextEncoder
-from alter.registry import PRUNING_SPACES
+from alter.registry import MODELS, PRUNING_SPACES
 from alter.units.macs import count_module_macs, unit_macs
 from alter.utils.cli import InputError
 from alter.utils.config import load_config
 
+from .backbone_presets import build_denoiser
 from .conftest import ROOT, load_tool
 from .test_sd21_smoke import TINY_TEXT, _synthetic_shards
 
@@ -167,3 +168,21 @@ def test_train_with_pretrained_alone_prints_the_budget_and_trains(folder, tmp_pa
     experts = json.loads((work_dir / 'experts.json').read_text())
     assert len(experts['unit_names']) == 16 and experts['resolution'] == 64
     assert experts['architecture']['config']['block_out_channels'] == [8, 16, 16]
+
+
+def test_a_dit_folder_with_the_legacy_class_name_describes_the_dit_config(tmp_path):
+    """DiT folders on the hub name ``Transformer2DModel`` (diffusers remaps it by norm_type)."""
+    torch.manual_seed(0)
+    build_denoiser('dit').save_pretrained(tmp_path / 'transformer')
+    AutoencoderKL(**dict(VAE, block_out_channels=(8, ) * 4, down_block_types=(
+        'DownEncoderBlock2D', ) * 4, up_block_types=('UpDecoderBlock2D', ) * 4)).save_pretrained(
+            tmp_path / 'vae')
+    config_file = tmp_path / 'transformer' / 'config.json'
+    config = json.loads(config_file.read_text())
+    config_file.write_text(json.dumps(dict(config, _class_name='Transformer2DModel')))
+    model = load_config(f'{ROOT}/configs/_base_/models/dit_xl2.py',
+                        {'model.pretrained': str(tmp_path)}).model
+    assert (model.unet.arch.num_layers, model.latent_scale, model.resolution) == (2, 8, 64)
+    loaded = MODELS.build(dict(model.unet, pretrained=str(tmp_path)))  # checks arch vs weights
+    assert isinstance(loaded, DiTTransformer2DModel)
+    assert len(PRUNING_SPACES.build(dict(type='paper')).find(loaded)) == 2
