@@ -2,17 +2,20 @@
 
     python tools/count_macs.py configs/_base_/models/sd21_unet.py --resolution 768
     python tools/count_macs.py configs/_base_/models/dit_xl2.py --convention with_attention
+    python tools/count_macs.py configs/alter/sd21_e4_s35.py --cfg-options model.pretrained=DIR
 
 Builds the denoiser (UNet or diffusion transformer) from the config's
-architecture with random weights (no download, no weights needed), finds the
-pruning space's units and prints their MACs per model call at batch 1; ``--out``
-writes the table as JSON. ``--dtype bfloat16`` halves the memory of large models
-(the count does not depend on it).
+architecture with random weights (no weights needed; with ``model.pretrained``
+the architecture, latent scale and resolution are read from the folder's JSON
+configs, see ``alter.utils.config``), finds the pruning space's units and
+prints their MACs per model call at batch 1; ``--out`` writes the table as
+JSON. ``--dtype bfloat16`` halves the memory of large models (the count does
+not depend on it).
 """
 import argparse
-from collections import Counter
 
 import torch
+from mmengine.config import DictAction
 from alter.registry import MODELS, PRUNING_SPACES
 from alter.units.macs import CONVENTIONS, mac_table
 from alter.utils.cli import positive_int, run_tool
@@ -32,35 +35,32 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument('--dtype', choices=('float32', 'bfloat16'), default='float32',
                         help='dtype of the random weights (the count is the same)')
     parser.add_argument('--out', help='write the table to this JSON file')
+    parser.add_argument('--cfg-options', nargs='+', action=DictAction, default={},
+                        help='override config settings, e.g. model.pretrained=/path/to/folder')
     return parser.parse_args(argv)
 
 
 def main(argv=None) -> None:
     args = parse_args(argv)
-    model = load_config(args.config).model
-    torch.set_grad_enabled(False)
-    # Built in the dtype directly: a float32 copy of SDXL alone would take 10 GB.
-    torch.set_default_dtype(getattr(torch, args.dtype))
-    unet = MODELS.build(dict(model.unet, load_weights=False)).eval()
-    torch.set_default_dtype(torch.float32)
-    space_name = args.space or model.get('space', {}).get('type', 'paper')
-    units = PRUNING_SPACES.build(dict(type=space_name)).find(unet)
-    table = mac_table(unet, units, space_name, args.resolution or model.resolution,
-                      model.get('latent_scale', 8),
-                      args.context_length or model.get('context_length', 77), args.convention)
+    model = load_config(args.config, args.cfg_options).model
+    with torch.no_grad():  # (no_grad, not set_grad_enabled: main is also called in-process)
+        # Built in the dtype directly: a float32 copy of SDXL alone would take 10 GB.
+        torch.set_default_dtype(getattr(torch, args.dtype))
+        unet = MODELS.build(dict(model.unet, load_weights=False)).eval()
+        torch.set_default_dtype(torch.float32)
+        space_name = args.space or model.get('space', {}).get('type', 'paper')
+        units = PRUNING_SPACES.build(dict(type=space_name)).find(unet)
+        table = mac_table(unet, units, space_name, args.resolution or model.resolution,
+                          model.get('latent_scale', 8),
+                          args.context_length or model.get('context_length', 77),
+                          args.convention)
 
-    giga = 1e9
-    print(f'{"unit":<18}{"kind":<7}{"GMACs":>10}{"% of model":>12}')
+    scale, prefix = table.display_unit()
+    print(f'{"unit":<18}{"kind":<7}{prefix + "MACs":>10}{"% of model":>12}')
     for name, kind, macs in zip(table.unit_names, table.unit_kinds, table.unit_macs):
-        print(f'{name:<18}{kind:<7}{macs / giga:>10.3f}{100 * macs / table.total_macs:>10.2f}%')
-    kinds = ', '.join(f'{n} {kind}' for kind, n in Counter(table.unit_kinds).items())
-    print(f'\nspace {space_name!r}: {len(units)} units ({kinds}) of a {type(unet).__name__}; '
-          f'convention {table.convention!r}; {table.resolution} px -> latent '
-          f'{table.latent_size[0]}x{table.latent_size[1]}, context {table.context_length} tokens')
-    print(f'total     {table.total_macs / giga:10.2f} G MACs per model call (batch 1)')
-    print(f'prunable  {table.prunable_macs / giga:10.2f} G ({100 * (1 - table.min_keep_ratio):.1f} %)')
-    print(f'always kept {(table.total_macs - table.prunable_macs) / giga:8.2f} G '
-          f'(lowest reachable keep ratio {table.min_keep_ratio:.3f})')
+        print(f'{name:<18}{kind:<7}{macs / scale:>10.3f}{100 * macs / table.total_macs:>10.2f}%')
+    print()
+    print('\n'.join(table.summary(type(unet).__name__)))
     if args.out:
         atomic_write_json(args.out, table.to_dict())
         print(f'wrote {args.out}')

@@ -20,7 +20,7 @@ from mmengine.config import Config, DictAction
 from alter.engine.checkpoint import incomplete, resume_checkpoint, trust_local_checkpoints
 from alter.engine.run_config import check_and_record, check_phase_length
 from alter.engine.runner import ShardAwareRunner
-from alter.models.alter import ALTER
+from alter.models.alter import ALTER, bare
 from alter.registry import MODELS
 from alter.utils.cli import InputError, run_tool
 from alter.utils.config import load_config
@@ -84,6 +84,18 @@ def resume_from(resume: Optional[str], work_dir: str) -> Optional[Path]:
     return checkpoint
 
 
+def log_budget(runner: ShardAwareRunner) -> None:
+    """Before an ALTER run trains: the units found, the MACs per call and the sparsity
+    asked for against the largest reachable one."""
+    model = bare(runner.model)
+    if isinstance(model, ALTER):
+        table = model.costs[model.mac_convention]
+        for line in table.summary(type(bare(model.unet)).__name__):
+            runner.logger.info(line)
+        runner.logger.info(f'target sparsity {1 - model.target_keep:.3f} '
+                           f'(keep ratio {model.target_keep:.3f})')
+
+
 def main(argv=None) -> None:
     args = parse_args(argv)
     trust_local_checkpoints()
@@ -107,7 +119,9 @@ def main(argv=None) -> None:
     if args.launcher != 'none':
         setup_distributed(cfg, args.fsdp)
     check_and_record(cfg, resuming=bool(args.resume), checkpoint=checkpoint)
-    ShardAwareRunner.from_cfg(cfg).train()
+    runner = ShardAwareRunner.from_cfg(cfg)
+    log_budget(runner)
+    runner.train()
     if torch.distributed.is_initialized():
         # Gloo worker threads still alive at interpreter exit can abort the
         # process ("terminate called without an active exception") after a good run.

@@ -75,3 +75,12 @@ def build_transformer(model_class: str, arch: dict, pretrained: Optional[str] = 
 
 def _normalise(value):
     return list(value) if isinstance(value, (list, tuple)) else value
+
+
+def denoiser_class(unet_cfg: dict) -> Optional[str]:
+    """The diffusers class name a ``model.unet`` config builds (None: not a diffusers builder)."""
+    if unet_cfg.get('type') == 'DiffusersUNet':
+        return UNet2DConditionModel.__name__
+    if unet_cfg.get('type') == 'DiffusersTransformer':
+        return unet_cfg.get('model_class')
+    return None

@@ -18,6 +18,7 @@ length, convention), because counting SD2.1 at 768 px takes tens of seconds.
 import hashlib
 import json
 import warnings
+from collections import Counter
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
@@ -78,6 +79,25 @@ class MacTable:
                              f'dimension, got shape {tuple(masks.shape)}')
         frac = self.unit_fractions().to(masks.device, masks.dtype)
         return 1.0 - ((1.0 - masks) * frac).sum(-1)
+
+    def summary(self, model_name: str) -> List[str]:
+        """Lines saying what the budget can reach: units, MACs per call, prunable share."""
+        scale, prefix = self.display_unit()
+        kinds = ', '.join(f'{n} {kind}' for kind, n in Counter(self.unit_kinds).items())
+        return [
+            f'space {self.space!r}: {len(self.unit_names)} units ({kinds}) of a {model_name}; '
+            f'convention {self.convention!r}; {self.resolution} px -> latent '
+            f'{self.latent_size[0]}x{self.latent_size[1]}, context {self.context_length} tokens',
+            f'total     {self.total_macs / scale:10.2f} {prefix} MACs per model call (batch 1)',
+            f'prunable  {self.prunable_macs / scale:10.2f} {prefix} '
+            f'({100 * (1 - self.min_keep_ratio):.1f} %)',
+            f'always kept {(self.total_macs - self.prunable_macs) / scale:8.2f} {prefix} (lowest '
+            f'reachable keep ratio {self.min_keep_ratio:.3f}, largest reachable sparsity '
+            f'{1 - self.min_keep_ratio:.3f})']
+
+    def display_unit(self) -> Tuple[float, str]:
+        """(divisor, prefix) to print this model's MACs with: G, or M below 1 G (toy models)."""
+        return (1e9, 'G') if self.total_macs >= 1e9 else (1e6, 'M')
 
     def to_dict(self) -> dict:
         """JSON layout ``{convention, resolution, total_macs, prunable_macs, units: [...]}``."""

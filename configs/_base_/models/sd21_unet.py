@@ -1,6 +1,8 @@
 # Stable Diffusion 2.1 (768 px, v-prediction) UNet: 865.9 M parameters, 34 `paper` units.
 # Weights: `--cfg-options model.pretrained=/path/to/stable-diffusion-2-1`, a local diffusers
 # pipeline folder (unet/, vae/, text_encoder/, tokenizer/); tools/count_macs.py needs none.
+# With model.pretrained set, the folder's JSON configs replace the architecture, latent scale,
+# noise schedule and resolution below (README, ALTER on your own model).
 model = dict(
     pretrained=None,
     unet=dict(
