@@ -32,7 +32,7 @@ from alter.units.macs import architecture_key, mac_table
 from alter.utils.cli import open_fraction, positive_int, run_tool
 from alter.utils.config import load_config
 from alter.utils.io import atomic_write_json
-from alter.utils.timing import device_name, device_sync, interleaved
+from alter.utils.timing import CLOCKS, device_name, device_sync, interleaved
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -52,6 +52,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument('--loop-repeats', type=positive_int, default=3,
                         help='repeats of whole loops')
     parser.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
+    parser.add_argument('--clock', choices=sorted(CLOCKS), default='wall',
+                        help="'cpu': CPU seconds of this process, for CPUs shared with other "
+                        'processes (alter.utils.timing)')
     parser.add_argument('--out', help='write the measurements as JSON')
     return parser.parse_args(argv)
 
@@ -94,7 +97,8 @@ def timestep_read(call, router: ExpertRouter, t, args, noise_config: dict, sync)
             call(step)
         routing.remove()
 
-    loops = interleaved({'host': from_host, 'read': from_read}, args.repeats, sync)
+    loops = interleaved({'host': from_host, 'read': from_read}, args.repeats, sync,
+                        clock=CLOCKS[args.clock])
     router.dense()
     sync()
     reads = 10_000
@@ -151,7 +155,8 @@ def main(argv=None) -> None:
         router.select(500)
         call(t)
 
-    step = interleaved({'dense': dense_call, 'expert': expert_call}, args.repeats, sync)
+    step = interleaved({'dense': dense_call, 'expert': expert_call}, args.repeats, sync,
+                       clock=CLOCKS[args.clock])
     lookups = 10_000
     start = time.perf_counter()
     for i in range(lookups):
@@ -172,7 +177,8 @@ def main(argv=None) -> None:
                               cond, uncond, steps, 7.5, router if routed else None)
 
     loops = interleaved({f'dense-{dense_steps}': loop(dense_steps, False),
-                         f'ALTER-{alter_steps}': loop(alter_steps, True)}, args.loop_repeats, sync)
+                         f'ALTER-{alter_steps}': loop(alter_steps, True)}, args.loop_repeats, sync,
+                        clock=CLOCKS[args.clock])
     sched = build_sampling_scheduler(args.scheduler, noise_config)
     sched.set_timesteps(alter_steps)
     expert_keep = costs.keep_ratio(torch.tensor(experts.masks, dtype=torch.float64))
@@ -182,7 +188,8 @@ def main(argv=None) -> None:
 
     report = dict(
         device=device_name(device),
-        dtype=str(dtype), latent=latent, batch=args.batch, guidance_batch=batch,
+        dtype=str(dtype), clock=args.clock, latent=latent, batch=args.batch,
+        guidance_batch=batch,
         architecture=model_cfg.unet.get('type'), checkpoint=args.checkpoint,
         gmacs_per_call=costs.total_macs * batch / 1e9, expert_keep_ratio=keep,
         step_seconds=step, step_speedup=step['dense'] / step['expert'], step_mac_ratio=1 / keep,

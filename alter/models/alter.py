@@ -35,7 +35,7 @@ from alter.models.hypernet import HyperNetwork
 from alter.models.losses import capture_block_outputs, unet_objective
 from alter.models.regularizers import balance_loss, routing_smoothness
 from alter.models.unet_steps import take_samples
-from alter.registry import MODELS, PRUNING_SPACES, REGULARIZERS, UNET_STEPS
+from alter.registry import COST_MODELS, MODELS, PRUNING_SPACES, REGULARIZERS, UNET_STEPS
 from alter.units.gating import UnitGating
 from alter.units.macs import CONVENTIONS, MacTable, architecture_key, mac_table
 
@@ -68,15 +68,16 @@ def frozen(module: nn.Module) -> Iterator[None]:
 
 @MODELS.register_module()
 class ALTER(LatentDiffusion):
-    """UNet + hypernetwork trained jointly under a MAC budget.
+    """UNet + hypernetwork trained jointly under a compute budget (MACs by default).
 
     Args:
         unet: config of the backbone (e.g. ``DiffusersUNet``); its weights are
             the student's initialisation and, unless ``teacher`` is given, the
             frozen dense teacher's.
         num_experts: N_E >= 1.
-        target_sparsity: s in (0, 1); the MAC budget is keep ratio p = 1 - s of
-            the whole UNet, averaged over all training timesteps.
+        target_sparsity: s in (0, 1); the budget is keep ratio p = 1 - s of
+            the whole UNet's cost (``cost_model``), averaged over all training
+            timesteps.
         hypernet_iters: T_end, the number of steps with hypernetwork updates.
         space: pruning space config.
         hypernet: extra ``HyperNetwork`` arguments (expert generator, router,
@@ -85,7 +86,11 @@ class ALTER(LatentDiffusion):
         loss_weights: ``denoise``, ``out_kd``, ``feat_kd``, ``ratio``, ``balance``, and
             ``smooth``, the weight of ``routing_smoothness`` in L_H (0: the paper).
         schedule: ``joint`` (ALTER) or ``two_stage`` (TwoStage ablation).
-        mac_convention: convention of the sparsity budget (``fvcore`` as in the paper).
+        mac_convention: MAC convention of the ``macs`` cost model (``fvcore`` as in
+            the paper).
+        cost_model: ``COST_MODELS`` config of the per-unit costs the budget, the
+            hypernetwork's L_ratio and the logged ``keep_ratio_<name>`` count:
+            ``macs`` (default) or ``latency`` with ``table=`` a measured table.
         teacher: optional config of the dense teacher; same architecture
             required (default: a frozen copy of the initial UNet).
         unet_step: ``UNET_STEPS`` config of the UNet update: ``blended`` (one
@@ -111,6 +116,7 @@ class ALTER(LatentDiffusion):
                  mac_convention: str = 'fvcore',
                  teacher: Optional[dict] = None,
                  unet_step: dict = dict(type='blended'),
+                 cost_model: dict = dict(type='macs'),
                  **kwargs) -> None:
         if not 0 < target_sparsity < 1:
             raise ValueError(f'target_sparsity must lie in (0, 1) (fraction of UNet MACs '
@@ -141,12 +147,15 @@ class ALTER(LatentDiffusion):
         self.costs: Dict[str, MacTable] = {
             c: mac_table(self.unet, units, self.space.name, self.resolution, self.latent_scale,
                          self.context_length, c) for c in CONVENTIONS}
-        lowest = self.costs[mac_convention].min_keep_ratio
+        # The costs the budget counts: the MAC table itself, or e.g. measured latency.
+        self.budget = COST_MODELS.build(cost_model).costs(
+            self.unet, units, self.space.name, self.costs[mac_convention])
+        lowest = self.budget.min_keep_ratio
         if self.target_keep < lowest:
             raise ValueError(
                 f'target_sparsity {target_sparsity} needs keep ratio {self.target_keep:.3f}, but '
-                f'the non-prunable MACs alone are {lowest:.3f} of the UNet ({self.space.name!r} '
-                f'space, {self.resolution} px, {mac_convention!r} MACs); the largest reachable '
+                f'the non-prunable part alone is {lowest:.3f} of the UNet ({self.space.name!r} '
+                f'space, {self.resolution} px, {self.budget.name!r} costs); the largest reachable '
                 f'sparsity is {1 - lowest:.3f}')
         self.regularizer = REGULARIZERS.build(regularizer)
         self.unet_step = UNET_STEPS.build(unet_step)
@@ -195,9 +204,11 @@ class ALTER(LatentDiffusion):
         self.routing_table.copy_(route)
 
     def keep_ratios(self) -> Dict[str, float]:
-        """Realised keep ratio of the hard table under each MAC convention."""
+        """Realised keep ratio of the hard table under each MAC convention and the budget's
+        costs (one entry when the budget counts MACs)."""
         masks = self.timestep_masks
-        return {c: table.keep_ratio(masks.double()).mean().item() for c, table in self.costs.items()}
+        tables = {**self.costs, self.budget.name: self.budget}
+        return {c: table.keep_ratio(masks.double()).mean().item() for c, table in tables.items()}
 
     # -- training -------------------------------------------------------------
 
@@ -262,7 +273,7 @@ class ALTER(LatentDiffusion):
                     terms = self._objective(unet, x_t, timesteps, context, reference)
                 # The budget terms outside AMP's autocast, in float32 like H's output:
                 # in half precision the keep ratio is off by ~1e-3 of the budget.
-                keep = self.costs[self.mac_convention].keep_ratio(out.timestep_masks).mean()
+                keep = self.budget.keep_ratio(out.timestep_masks).mean()
                 loss_perf = sum(terms.values())
                 loss_ratio = w['ratio'] * self.regularizer(keep, self.target_keep)
                 loss_balance = w['balance'] * balance_loss(out.routing, out.route_probs)
