@@ -9,6 +9,7 @@ from mmengine.optim import OptimWrapper, OptimWrapperDict
 from alter.registry import COST_MODELS, MODELS, PRUNING_SPACES
 from alter.units.costs import LATENCY_FORMAT, CostTableError, LatencyTable
 from alter.units.macs import architecture_key
+from alter.utils.cli import InputError
 
 from .conftest import ROOT, build_tiny_unet, load_tool
 
@@ -79,6 +80,18 @@ def test_profiler_writes_one_measured_entry_per_unit(tmp_path):
     loaded = LatencyTable.load(out, unet, units, 'paper')
     assert loaded.unit_names == [u.name for u in units] and loaded.batch == 1
     assert loaded.min_keep_ratio == pytest.approx(everything / dense)
+
+
+@pytest.mark.parametrize('argv, message', [
+    (['--resolution', '33'], r'--resolution must be a multiple of the latent scale 2 of .*'
+     r'tiny_e4_s35\.py \(got 33\)'),
+    (['--device', 'cuda', '--clock', 'cpu'], r'--clock cpu times host work only; use --clock '
+     r'wall on cuda'),
+])
+def test_profiler_refuses_settings_it_cannot_time(tmp_path, argv, message):
+    with pytest.raises(InputError, match=message):
+        load_tool('profile_units').main([TINY, *argv, '--out', str(tmp_path / 'table.json')])
+    assert not list(tmp_path.iterdir())
 
 
 def test_macs_cost_model_is_the_default_and_the_mac_table_bit_for_bit():

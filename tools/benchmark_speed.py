@@ -15,7 +15,8 @@ of the schedule), and whole sampling loops of dense N1 steps against ALTER N2
 steps (end-to-end speedup). Without ``--checkpoint`` the UNet has random weights and one
 synthetic expert skips the costliest units until ``--sparsity`` of the whole
 UNet's MACs is removed. Classifier-free guidance doubles the batch, as in
-sampling. On CUDA it runs in float16.
+sampling. On CUDA it runs in float16. ``--clock cpu`` times the process's CPU seconds
+(``alter.utils.timing``): on a CPU shared with other processes, their load stays out.
 """
 import argparse
 import time
@@ -29,7 +30,7 @@ from alter.models.conditioning import context_to, map_context
 from alter.registry import MODELS, PRUNING_SPACES
 from alter.units.backbones import backbone_of
 from alter.units.macs import architecture_key, mac_table
-from alter.utils.cli import open_fraction, positive_int, run_tool
+from alter.utils.cli import InputError, open_fraction, positive_int, run_tool
 from alter.utils.config import load_config
 from alter.utils.io import atomic_write_json
 from alter.utils.timing import CLOCKS, device_name, device_sync, interleaved
@@ -114,6 +115,8 @@ def main(argv=None) -> None:
     device = torch.device(args.device)
     dtype = torch.float16 if device.type == 'cuda' else torch.float32
     sync = device_sync(device)
+    if args.clock == 'cpu' and device.type != 'cpu':
+        raise InputError(f'--clock cpu times host work only; use --clock wall on {device}')
     model_cfg = load_config(args.config).model
     torch.manual_seed(0)
     torch.set_grad_enabled(False)
