@@ -82,6 +82,8 @@ PRUNING_SPACES = AlterRegistry('pruning space', scope='alter', locations=['alter
 ROUTERS = AlterRegistry('router', scope='alter', locations=['alter'])
 EXPERT_GENERATORS = AlterRegistry('expert generator', scope='alter', locations=['alter'])
 REGULARIZERS = AlterRegistry('regularizer', scope='alter', locations=['alter'])
+# Where the sparsity budget's per-unit costs come from (MACs or a measured latency table).
+COST_MODELS = AlterRegistry('cost model', scope='alter', locations=['alter'])
 # How the UNet update runs a batch of samples with different experts (blended or grouped).
 UNET_STEPS = AlterRegistry('unet step', scope='alter', locations=['alter'])
 # One adapter per family of diffusers denoisers, registered under the diffusers class name.

@@ -3,8 +3,8 @@ import pytest
 from mmengine.registry import MODELS as MMENGINE_MODELS
 from mmengine.registry import DefaultScope
 
-from alter.registry import (BACKBONES, MODELS, OBJECTIVES, PRUNING_SPACES, REGULARIZERS,
-                            ROUTERS, TIMESTEP_GRIDS, UNET_STEPS)
+from alter.registry import (BACKBONES, COST_MODELS, MODELS, OBJECTIVES, PRUNING_SPACES,
+                            REGULARIZERS, ROUTERS, TIMESTEP_GRIDS, UNET_STEPS)
 from alter.units.spaces import PaperSpace
 
 
@@ -34,5 +34,5 @@ def test_root_registry_builds_alter_types_in_default_scope():
 
 def test_standalone_registries_have_no_parent():
     for registry in (PRUNING_SPACES, ROUTERS, REGULARIZERS, BACKBONES, OBJECTIVES, TIMESTEP_GRIDS,
-                     UNET_STEPS):
+                     UNET_STEPS, COST_MODELS):
         assert registry.parent is None

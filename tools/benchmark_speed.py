@@ -15,7 +15,8 @@ of the schedule), and whole sampling loops of dense N1 steps against ALTER N2
 steps (end-to-end speedup). Without ``--checkpoint`` the UNet has random weights and one
 synthetic expert skips the costliest units until ``--sparsity`` of the whole
 UNet's MACs is removed. Classifier-free guidance doubles the batch, as in
-sampling. On CUDA it runs in float16.
+sampling. On CUDA it runs in float16. ``--clock cpu`` times the process's CPU seconds
+(``alter.utils.timing``): on a CPU shared with other processes, their load stays out.
 """
 import argparse
 
@@ -29,10 +30,10 @@ from alter.models.conditioning import context_to, map_context
 from alter.registry import MODELS, PRUNING_SPACES
 from alter.units.backbones import backbone_of
 from alter.units.macs import mac_table
-from alter.utils.cli import open_fraction, positive_int, run_tool
+from alter.utils.cli import InputError, open_fraction, positive_int, run_tool
 from alter.utils.config import load_config
 from alter.utils.io import atomic_write_json
-from alter.utils.timing import device_name, device_sync, interleaved
+from alter.utils.timing import CLOCKS, device_name, device_sync, interleaved
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -53,6 +54,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help='repeats of whole loops')
     parser.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
     parser.add_argument('--out', help='write the measurements as JSON')
+    parser.add_argument('--clock', choices=sorted(CLOCKS), default='wall',
+                        help="'cpu': CPU seconds of this process, for CPUs shared with other "
+                        'processes (alter.utils.timing)')
     return parser.parse_args(argv)
 
 
@@ -61,6 +65,8 @@ def main(argv=None) -> None:
     device = torch.device(args.device)
     dtype = torch.float16 if device.type == 'cuda' else torch.float32
     sync = device_sync(device)
+    if args.clock == 'cpu' and device.type != 'cpu':
+        raise InputError(f'--clock cpu times host work only; use --clock wall on {device}')
     model_cfg = load_config(args.config).model
     torch.manual_seed(0)
     torch.set_grad_enabled(False)
@@ -102,14 +108,16 @@ def main(argv=None) -> None:
         router.select(500)
         call(t)
 
-    step = interleaved({'dense': dense_call, 'expert': expert_call}, args.repeats, sync)
+    clock = CLOCKS[args.clock]
+    step = interleaved({'dense': dense_call, 'expert': expert_call}, args.repeats, sync,
+                       clock=clock)
     lookup = lookup_seconds(router)
 
     noise_config = dict(model_cfg.noise_scheduler)
     dense_steps, alter_steps = args.steps
     schedule = build_sampling_scheduler(args.scheduler, noise_config)
     schedule.set_timesteps(alter_steps, device=device)
-    read = timestep_read(call, router, schedule.timesteps, args.repeats, sync)
+    read = timestep_read(call, router, schedule.timesteps, args.repeats, sync, clock)
 
     noise = torch.randn(args.batch, channels, latent, latent, device=device, dtype=dtype)
     cond = map_context(lambda c: c[:args.batch], context)
@@ -120,7 +128,8 @@ def main(argv=None) -> None:
                               cond, uncond, steps, 7.5, router if routed else None)
 
     loops = interleaved({f'dense-{dense_steps}': loop(dense_steps, False),
-                         f'ALTER-{alter_steps}': loop(alter_steps, True)}, args.loop_repeats, sync)
+                         f'ALTER-{alter_steps}': loop(alter_steps, True)}, args.loop_repeats, sync,
+                        clock=clock)
     sched = build_sampling_scheduler(args.scheduler, noise_config)
     sched.set_timesteps(alter_steps)
     expert_keep = costs.keep_ratio(torch.tensor(experts.masks, dtype=torch.float64))
@@ -130,7 +139,7 @@ def main(argv=None) -> None:
 
     report = dict(
         device=device_name(device),
-        dtype=str(dtype), latent=latent, batch=args.batch, guidance_batch=batch,
+        dtype=str(dtype), clock=args.clock, latent=latent, batch=args.batch, guidance_batch=batch,
         architecture=model_cfg.unet.get('type'), checkpoint=args.checkpoint,
         gmacs_per_call=costs.total_macs * batch / 1e9, expert_keep_ratio=keep,
         step_seconds=step, step_speedup=step['dense'] / step['expert'], step_mac_ratio=1 / keep,

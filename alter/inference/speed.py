@@ -53,14 +53,16 @@ def lookup_seconds(router: ExpertRouter, lookups: int = 10_000) -> float:
 
 
 def timestep_read(call: Callable[[torch.Tensor], None], router: ExpertRouter,
-                  timesteps: torch.Tensor, repeats: int, sync: Callable[[], None]) -> dict:
+                  timesteps: torch.Tensor, repeats: int, sync: Callable[[], None],
+                  clock: Callable[[], float] = time.perf_counter) -> dict:
     """Seconds per UNet call that routing by the received timestep adds.
 
     ``call(timestep)`` calls the router's UNet on the benchmark's batch. Both loops
     make one UNet call per timestep of ``timesteps`` (a schedule's device timesteps,
     as pipelines pass them); one routes from a host copy of the schedule, the other
     (``TimestepRouting``) reads each received timestep, syncing the device. Also
-    the read alone, on a device that has finished its work.
+    the read alone, on a device that has finished its work. ``clock`` times the loops
+    (``alter.utils.timing.CLOCKS``).
     """
     host = timesteps.tolist()
 
@@ -75,7 +77,7 @@ def timestep_read(call: Callable[[torch.Tensor], None], router: ExpertRouter,
             call(step)
         routing.remove()
 
-    loops = interleaved({'host': from_host, 'read': from_read}, repeats, sync)
+    loops = interleaved({'host': from_host, 'read': from_read}, repeats, sync, clock=clock)
     router.dense()
     sync()
     reads = 10_000

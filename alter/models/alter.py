@@ -39,7 +39,7 @@ from alter.models.hypernet import HyperNetwork
 from alter.models.losses import capture_block_outputs, unet_objective
 from alter.models.regularizers import balance_loss, routing_smoothness
 from alter.models.unet_steps import take_samples
-from alter.registry import MODELS, PRUNING_SPACES, REGULARIZERS, UNET_STEPS
+from alter.registry import COST_MODELS, MODELS, PRUNING_SPACES, REGULARIZERS, UNET_STEPS
 from alter.units.gating import UnitGating
 from alter.units.macs import CONVENTIONS, MacTable, architecture_key, mac_table
 
@@ -72,15 +72,16 @@ def frozen(module: nn.Module) -> Iterator[None]:
 
 @MODELS.register_module()
 class ALTER(LatentDiffusion):
-    """UNet + hypernetwork trained jointly under a MAC budget.
+    """UNet + hypernetwork trained jointly under a compute budget (MACs by default).
 
     Args:
         unet: config of the backbone (e.g. ``DiffusersUNet``); its weights are
             the student's initialisation and, unless ``teacher`` is given, the
             frozen dense teacher's.
         num_experts: N_E >= 1.
-        target_sparsity: s in (0, 1); the MAC budget is keep ratio p = 1 - s of
-            the whole UNet, averaged over all training timesteps.
+        target_sparsity: s in (0, 1); the budget is keep ratio p = 1 - s of
+            the whole UNet's cost (``cost_model``), averaged over all training
+            timesteps.
         hypernet_iters: T_end, the number of steps with hypernetwork updates.
         space: pruning space config.
         hypernet: extra ``HyperNetwork`` arguments (expert generator, router,
@@ -89,7 +90,11 @@ class ALTER(LatentDiffusion):
         loss_weights: ``denoise``, ``out_kd``, ``feat_kd``, ``ratio``, ``balance``, and
             ``smooth``, the weight of ``routing_smoothness`` in L_H (0: the paper).
         schedule: ``joint`` (ALTER) or ``two_stage`` (TwoStage ablation).
-        mac_convention: convention of the sparsity budget (``fvcore`` as in the paper).
+        mac_convention: MAC convention of the ``macs`` cost model (``fvcore`` as in
+            the paper).
+        cost_model: ``COST_MODELS`` config of the per-unit costs the budget, the
+            hypernetwork's L_ratio and the logged ``keep_ratio_<name>`` count:
+            ``macs`` (default) or ``latency`` with ``table=`` a measured table.
         teacher: optional config of the dense teacher; same architecture
             required (default: a frozen copy of the initial UNet).
         unet_step: ``UNET_STEPS`` config of the UNet update: ``blended`` (one
@@ -119,6 +124,7 @@ class ALTER(LatentDiffusion):
                  mac_convention: str = 'fvcore',
                  teacher: Optional[dict] = None,
                  unet_step: dict = dict(type='blended'),
+                 cost_model: dict = dict(type='macs'),
                  budget_fit: Optional[float] = None,
                  **kwargs) -> None:
         if not 0 < target_sparsity < 1:
@@ -154,12 +160,15 @@ class ALTER(LatentDiffusion):
         self.costs: Dict[str, MacTable] = {
             c: mac_table(self.unet, units, self.space.name, self.resolution, self.latent_scale,
                          self.context_length, c) for c in CONVENTIONS}
-        lowest = self.costs[mac_convention].min_keep_ratio
+        # The costs the budget counts: the MAC table itself, or e.g. measured latency.
+        self.budget = COST_MODELS.build(cost_model).costs(
+            self.unet, units, self.space.name, self.costs[mac_convention])
+        lowest = self.budget.min_keep_ratio
         if self.target_keep < lowest:
             raise ValueError(
                 f'target_sparsity {target_sparsity} needs keep ratio {self.target_keep:.3f}, but '
-                f'the non-prunable MACs alone are {lowest:.3f} of the UNet ({self.space.name!r} '
-                f'space, {self.resolution} px, {mac_convention!r} MACs); the largest reachable '
+                f'the non-prunable part alone is {lowest:.3f} of the UNet ({self.space.name!r} '
+                f'space, {self.resolution} px, {self.budget.name!r} costs); the largest reachable '
                 f'sparsity is {1 - lowest:.3f}')
         self.regularizer = REGULARIZERS.build(regularizer)
         self.unet_step = UNET_STEPS.build(unet_step)
@@ -214,24 +223,26 @@ class ALTER(LatentDiffusion):
         """Move the table onto the budget if it misses it by more than ``budget_fit``:
         one shift of every gate threshold, the routing unchanged. Returns the shift
         and the keep ratio before it, for the log."""
-        before = self.keep_ratios()[self.mac_convention]
+        before = self.keep_ratios()[self.budget.name]
         shift = 0.0
         if abs(before - self.target_keep) > self.budget_fit:
             hypernet = bare(self.hypernet)
             logits = hypernet.experts() + hypernet.gate_offset  # (N_E, N_L)
             usage = torch.bincount(self.routing_table, minlength=len(logits)) / len(self.routing_table)
-            shift = fit_gate_shift(logits, usage, self.costs[self.mac_convention], self.target_keep)
+            shift = fit_gate_shift(logits, usage, self.budget, self.target_keep)
             self.expert_masks.copy_((logits + shift > 0).float())
             print_log(f'budget_fit: the table kept {before:.4f} for a target of '
                       f'{self.target_keep:.4f}; shifting every gate logit by {shift:+.4f} gives '
-                      f'{self.keep_ratios()[self.mac_convention]:.4f}', logger='current')
+                      f'{self.keep_ratios()[self.budget.name]:.4f}', logger='current')
         return {'budget_fit/keep_ratio_before': torch.tensor(before),
                 'budget_fit/shift': torch.tensor(shift)}
 
     def keep_ratios(self) -> Dict[str, float]:
-        """Realised keep ratio of the hard table under each MAC convention."""
+        """Realised keep ratio of the hard table under each MAC convention and the budget's
+        costs (one entry when the budget counts MACs)."""
         masks = self.timestep_masks
-        return {c: table.keep_ratio(masks.double()).mean().item() for c, table in self.costs.items()}
+        tables = {**self.costs, self.budget.name: self.budget}
+        return {c: table.keep_ratio(masks.double()).mean().item() for c, table in tables.items()}
 
     # -- training -------------------------------------------------------------
 
@@ -298,7 +309,7 @@ class ALTER(LatentDiffusion):
                     terms = self._objective(unet, x_t, timesteps, context, reference)
                 # The budget terms outside AMP's autocast, in float32 like H's output:
                 # in half precision the keep ratio is off by ~1e-3 of the budget.
-                keep = self.costs[self.mac_convention].keep_ratio(out.timestep_masks).mean()
+                keep = self.budget.keep_ratio(out.timestep_masks).mean()
                 loss_perf = sum(terms.values())
                 loss_ratio = w['ratio'] * self.regularizer(keep, self.target_keep)
                 loss_balance = w['balance'] * balance_loss(out.routing, out.route_probs)

@@ -8,20 +8,23 @@ threshold by one shared shift, so the hypernetwork's ranking of units and its
 routing stay as they are, and the table keeps as close to the target as the
 units' discrete costs allow.
 """
+from typing import Union
+
 import torch
 
+from alter.units.costs import LatencyTable
 from alter.units.macs import MacTable
 
 
 @torch.no_grad()
-def fit_gate_shift(gate_logits: torch.Tensor, usage: torch.Tensor, costs: MacTable,
-                   target_keep: float) -> float:
+def fit_gate_shift(gate_logits: torch.Tensor, usage: torch.Tensor,
+                   costs: Union[MacTable, LatencyTable], target_keep: float) -> float:
     """The shift d whose table ``gate_logits + d > 0`` keeps closest to ``target_keep``.
 
     Args:
         gate_logits: (N_E, N_L) the experts' gate logits ``L + b_g``.
         usage: (N_E,) fraction of the training timesteps routed to each expert.
-        costs: the MAC table the budget is counted in.
+        costs: the cost table the budget is counted in (``model.cost_model``).
         target_keep: the budget's keep ratio p.
     Returns:
         d (0.0 when no shift comes closer); among equally close shifts the smallest |d|.

@@ -1,2 +1,3 @@
-"""The prunable-unit engine: backbone adapters, pruning spaces, gated execution, MAC accounting."""
-from alter.units import backbones, spaces  # noqa: F401
+"""The prunable-unit engine: backbone adapters, pruning spaces, gated execution, MAC and
+latency costs."""
+from alter.units import backbones, costs, spaces  # noqa: F401

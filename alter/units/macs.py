@@ -35,6 +35,23 @@ from alter.utils.io import atomic_write_json, cache_path
 CONVENTIONS = ('fvcore', 'with_attention')
 
 
+def kept_fraction(masks: torch.Tensor, fractions: torch.Tensor) -> torch.Tensor:
+    """Kept fraction ``1 - sum_i c_i (1 - m_i)`` of a model call whose unit i costs
+    the fraction ``c_i`` of the call (the budget S(m) of any cost table).
+
+    Args:
+        masks: (..., N_L) gates in [0, 1]; differentiable.
+        fractions: (N_L,) costs as fractions of the whole call.
+    Returns:
+        (...) keep ratio in [1 - sum_i c_i, 1].
+    """
+    if masks.shape[-1] != len(fractions):
+        raise ValueError(f'expected masks with {len(fractions)} units in the last '
+                         f'dimension, got shape {tuple(masks.shape)}')
+    frac = fractions.to(masks.device, masks.dtype)
+    return 1.0 - ((1.0 - masks) * frac).sum(-1)
+
+
 @dataclass
 class MacTable:
     """Per-unit and total MACs of one backbone at one input size (batch 1).
@@ -52,6 +69,11 @@ class MacTable:
     unit_names: List[str]
     unit_kinds: List[str]
     unit_macs: List[int]
+
+    @property
+    def name(self) -> str:
+        """Key of this table's keep ratio in logs and expert files: its convention."""
+        return self.convention
 
     @property
     def prunable_macs(self) -> int:
@@ -74,11 +96,7 @@ class MacTable:
         Returns:
             (...) keep ratio in [min_keep_ratio, 1].
         """
-        if masks.shape[-1] != len(self.unit_macs):
-            raise ValueError(f'expected masks with {len(self.unit_macs)} units in the last '
-                             f'dimension, got shape {tuple(masks.shape)}')
-        frac = self.unit_fractions().to(masks.device, masks.dtype)
-        return 1.0 - ((1.0 - masks) * frac).sum(-1)
+        return kept_fraction(masks, self.unit_fractions())
 
     def summary(self, model_name: str) -> List[str]:
         """Lines saying what the budget can reach: units, MACs per call, prunable share."""
