@@ -145,10 +145,11 @@ def test_a_failing_compile_keeps_the_other_measurements(tmp_path):
 
 
 def test_refuses_a_denoiser_the_pipeline_cannot_run(tmp_path):
-    with pytest.raises(InputError, match='shapes_dit_e4_s35.py: model.unet builds a '
+    # The dense DiT teacher's config: random weights, no pipeline folder needed.
+    with pytest.raises(InputError, match='shapes_dit_dense.py: model.unet builds a '
                        'PixArtTransformer2DModel; .*tools/benchmark_speed.py'):
         load_tool('benchmark_gpu').main(
-            [os.path.join(ROOT, 'configs', 'alter', 'shapes_dit_e4_s35.py'), '--device', 'cpu',
+            [os.path.join(ROOT, 'configs', 'teacher', 'shapes_dit_dense.py'), '--device', 'cpu',
              '--out-dir', str(tmp_path)])
 
 
