@@ -186,3 +186,18 @@ def test_a_dit_folder_with_the_legacy_class_name_describes_the_dit_config(tmp_pa
     loaded = MODELS.build(dict(model.unet, pretrained=str(tmp_path)))  # checks arch vs weights
     assert isinstance(loaded, DiTTransformer2DModel)
     assert len(PRUNING_SPACES.build(dict(type='paper')).find(loaded)) == 2
+
+
+def test_without_an_autoencoder_the_configs_latent_scale_and_resolution_stay(folder, capsys):
+    # Training on cached latents (model.autoencoder=None): the folder's VAE does not
+    # describe those latents, so the config's pixel geometry is kept; the denoiser is
+    # still the folder's.
+    base = load_config(SD21_E4, {'model.pretrained': None}).model
+    cfg = load_config(SD21_E4, {'model.pretrained': str(folder), 'model.autoencoder': None})
+    assert (cfg.model.latent_scale, cfg.model.resolution) == (base.latent_scale, base.resolution)
+    assert cfg.model.unet.arch.layers_per_block == 1
+    assert 'kept from the config (model.autoencoder=None)' in capsys.readouterr().out
+    # The embedded benchmark's cached study runs resolve as configured.
+    shapes = load_config(f'{ROOT}/configs/alter/shapes_e4_s35.py',
+                         {'model.autoencoder': None, 'model.text_encoder': None})
+    assert (shapes.model.latent_scale, shapes.model.resolution) == (4, 32)

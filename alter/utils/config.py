@@ -110,7 +110,12 @@ def derive_from_pretrained(cfg: Config, yours: Set[str]) -> None:
             lines.append(f'  (not arguments of {denoiser.class_name} in this diffusers, left out: '
                          f'{", ".join(denoiser.ignored)})')
 
-    if not (covered('model.latent_scale') and covered('model.resolution')):
+    if model.get('autoencoder', {}) is None:
+        # No autoencoder (training on cached latents): nothing says how the latents
+        # relate to pixels but the config itself.
+        lines.append('model.latent_scale, model.resolution  kept from the config '
+                     '(model.autoencoder=None)')
+    elif not (covered('model.latent_scale') and covered('model.resolution')):
         vae_cfg = model.get('autoencoder') or {}
         vae = read_autoencoder(Path(vae_cfg['pretrained']).expanduser()
                                if vae_cfg.get('pretrained') else root,
