@@ -3,7 +3,8 @@ import numpy as np
 import pytest
 
 from alter.evaluation.intervals import (bootstrap_indices, mean_interval, paired_difference,
-                                        statistic_interval, summary)
+                                        seed_interval, statistic_interval, student_t_quantile,
+                                        summary)
 
 
 def test_mean_interval_matches_the_normal_approximation():
@@ -49,3 +50,18 @@ def test_statistic_interval_resamples_whole_sets():
     assert draws.shape == (3, 5) and np.array_equal(draws, bootstrap_indices(5, 3, seed=7))
     with pytest.raises(ValueError, match='resamples'):
         bootstrap_indices(5, 0)
+
+
+@pytest.mark.parametrize('dof, expected', [(1, 12.7062), (2, 4.3027), (4, 2.7764), (30, 2.0423)])
+def test_student_t_quantiles_match_the_tables(dof, expected):
+    assert student_t_quantile(0.975, dof) == pytest.approx(expected, abs=1e-4)
+
+
+def test_seed_interval_is_the_t_interval_over_runs():
+    means = np.array([-0.302, 0.168, 0.230])
+    low, high = seed_interval(means)
+    half = 4.3027 * means.std(ddof=1) / np.sqrt(3)
+    assert (low, high) == pytest.approx((means.mean() - half, means.mean() + half), abs=1e-4)
+    assert low < 0 < high  # three runs this far apart resolve nothing
+    with pytest.raises(ValueError, match='at least two runs'):
+        seed_interval(np.array([0.1]))

@@ -59,8 +59,13 @@ def test_differences_are_paired_per_seed_and_pooled(tmp_path):
         # The per-prompt base cancels in the pairing: the interval is narrow around +0.3.
         assert row['ci_low'] < direct < row['ci_high'] and row['ci_high'] - row['ci_low'] < 0.02
     pooled = table[table.seed == 'pooled'].iloc[0]
-    assert pooled['mean'] == pytest.approx(np.mean([truth['alter', s] - truth['static', s]
-                                                    for s in plan.seeds]), abs=1e-12)
+    per_seed = [(truth['alter', s] - truth['static', s]).mean() for s in plan.seeds]
+    assert pooled['mean'] == pytest.approx(np.mean(per_seed), abs=1e-12)
+    # Over seeds: the t interval of two runs' differences (12.71 standard errors wide each way).
+    half = 12.7062 * np.std(per_seed, ddof=1) / np.sqrt(2)
+    assert pooled['seeds'] == 2
+    assert (pooled['seeds_ci_low'], pooled['seeds_ci_high']) == pytest.approx(
+        (np.mean(per_seed) - half, np.mean(per_seed) + half), abs=1e-4)
 
 
 def test_runs_off_their_budget_are_left_out_of_the_comparisons(tmp_path):

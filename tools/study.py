@@ -38,11 +38,12 @@ compared "at equal MACs" must have them.
 
 From these it writes ``OUT/summary.csv`` (ablation: mean and range over seeds),
 ``OUT/differences.csv`` (paired bootstrap intervals of ALTER - Static / TwoStage /
-Manual, per seed and pooled, and of ALTER-20 - dense at equal MACs and at 20 steps),
-``OUT/pareto.csv`` and the figures (``analysis/make_figures.py``,
-``analysis/study_figures.py``). A trained run is skipped when its checkpoint exists and
-a point when its row exists, so a stopped study continues where it stopped; ``--only``
-selects runs and points by glob pattern (see ``--list``).
+Manual, per seed and pooled, the pooled ones also with a Student-t interval over seeds,
+and of ALTER-20 - dense at equal MACs and at 20 steps), ``OUT/pareto.csv`` and the
+figures (``analysis/make_figures.py``, ``analysis/study_figures.py``). A trained run is
+skipped when its checkpoint exists and a point when its row exists, so a stopped study
+continues where it stopped; ``--only`` selects runs and points by glob pattern (see
+``--list``).
 """
 import argparse
 import fcntl
@@ -68,7 +69,7 @@ from alter.datasets.shapes import ShapesT2I, collate
 from alter.evaluation.benchmark import BenchmarkEvaluator, benchmark_prompts, default_metrics
 from alter.evaluation.denoising_gap import x0_predictions
 from alter.evaluation.image_store import from_uint8, to_uint8
-from alter.evaluation.intervals import paired_difference, summary
+from alter.evaluation.intervals import paired_difference, seed_interval, summary
 from alter.inference.experts import load_experts, load_unet
 from alter.inference.pipeline import TextToImage, generation_gmacs
 from alter.inference.routing import ExpertRouter
@@ -461,8 +462,10 @@ def comparisons(plan: Plan) -> List[Tuple[str, Optional[int], str, str]]:
 
 def differences(out: Path, plan: Plan, missed: Sequence[str] = ()) -> pd.DataFrame:
     """Paired differences of every comparison and metric, per seed and pooled over seeds
-    (the per-image differences of all seeds together: a bootstrap over (seed, prompt));
-    comparisons with a point in ``missed`` (a run off its budget) are left out."""
+    (the per-image differences of all seeds together: a bootstrap over (seed, prompt), which
+    holds the trained runs fixed; beside it ``seeds_ci_low``/``seeds_ci_high``, the Student-t
+    interval over the per-seed mean differences, which counts each run as one draw of its
+    training seed); comparisons with a point in ``missed`` (a run off its budget) are left out."""
     rows, pools = [], {}
     for label, seed, a, b in comparisons(plan):
         if a in missed or b in missed:
@@ -477,9 +480,12 @@ def differences(out: Path, plan: Plan, missed: Sequence[str] = ()) -> pd.DataFra
                 pools.setdefault((label, metric), []).append((x, y))
     for (label, metric), pairs in pools.items():
         if len(pairs) > 1:
+            per_seed = [np.nanmean(x - y) for x, y in pairs]
+            low, high = seed_interval(np.array(per_seed))
             rows.append(dict(comparison=label, seed='pooled', a='', b='', metric=metric,
                              **paired_difference(np.concatenate([x for x, _ in pairs]),
-                                                 np.concatenate([y for _, y in pairs]))))
+                                                 np.concatenate([y for _, y in pairs])),
+                             seeds=len(pairs), seeds_ci_low=low, seeds_ci_high=high))
     return pd.DataFrame(rows)
 
 

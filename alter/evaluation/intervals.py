@@ -10,7 +10,13 @@ All intervals are percentile bootstraps over images (Efron & Tibshirani 1993, §
 the statistic on each draw, and the (2.5, 97.5) percentiles for a 95 % interval.
 NaN marks an image a score does not apply to (e.g. the relation of a one-object
 prompt); means ignore it.
+
+Images are not the only source of spread: a training run is one draw of its seed.
+``seed_interval`` gives the Student-t interval of a mean over independent runs
+(e.g. one paired difference per training seed), the interval a claim about the
+method, not about the trained checkpoints, needs.
 """
+import math
 import warnings
 from typing import Callable, Dict, Tuple
 
@@ -84,3 +90,37 @@ def paired_difference(a: np.ndarray, b: np.ndarray, resamples: int = 1000,
     if len(difference) == 0:
         return dict(mean=float('nan'), ci_low=float('nan'), ci_high=float('nan'), num=0)
     return dict(summary(difference, resamples, seed), num=len(difference))
+
+
+def student_t_quantile(probability: float, dof: int) -> float:
+    """Quantile of Student's t with ``dof`` degrees of freedom, for probability in (0.5, 1):
+    bisection on the CDF, whose density is integrated with Simpson's rule (error < 1e-7)."""
+    log_norm = (math.lgamma((dof + 1) / 2) - math.lgamma(dof / 2)
+                - 0.5 * math.log(dof * math.pi))
+
+    def cdf(x: float) -> float:  # x >= 0
+        t = np.linspace(0.0, x, 4001)
+        density = np.exp(log_norm - (dof + 1) / 2 * np.log1p(t * t / dof))
+        weights = np.ones_like(t)
+        weights[1:-1:2], weights[2:-1:2] = 4, 2
+        return 0.5 + float((weights * density).sum() * (x / 4000) / 3)
+
+    low, high = 0.0, 1.0
+    while cdf(high) < probability:
+        high *= 2
+    for _ in range(60):
+        mid = (low + high) / 2
+        low, high = (mid, high) if cdf(mid) < probability else (low, mid)
+    return (low + high) / 2
+
+
+def seed_interval(means: np.ndarray, level: float = LEVEL) -> Tuple[float, float]:
+    """Student-t ``level`` interval of the mean of independent runs' ``means`` (S,), S >= 2:
+    mean +- t_{(1 + level) / 2, S - 1} * sd / sqrt(S)."""
+    means = np.asarray(means, dtype=np.float64)
+    if means.ndim != 1 or len(means) < 2:
+        raise ValueError(f'a between-run interval needs the means of at least two runs, got '
+                         f'shape {means.shape}')
+    half = (student_t_quantile((1 + level) / 2, len(means) - 1)
+            * means.std(ddof=1) / math.sqrt(len(means)))
+    return float(means.mean() - half), float(means.mean() + half)
