@@ -228,7 +228,8 @@ class ALTER(LatentDiffusion):
         if abs(before - self.target_keep) > self.budget_fit:
             hypernet = bare(self.hypernet)
             logits = hypernet.experts() + hypernet.gate_offset  # (N_E, N_L)
-            usage = torch.bincount(self.routing_table, minlength=len(logits)) / len(self.routing_table)
+            route = self.routing_table
+            usage = torch.bincount(route, minlength=len(logits)) / len(route)  # (N_E,)
             shift = fit_gate_shift(logits, usage, self.budget, self.target_keep)
             self.expert_masks.copy_((logits + shift > 0).float())
             print_log(f'budget_fit: the table kept {before:.4f} for a target of '
