@@ -22,7 +22,7 @@ def test_run_and_point_names_follow_the_plan():
     # The most telling first: seed 0 with the option, short runs, more seeds, long runs.
     assert runs == ['alter_i8_s0', 'static_i8_s0', 'alter-lowfreq_i8_s0', 'alter_i4_s0',
                     'static_i4_s0', 'alter_i8_s1', 'static_i8_s1', 'alter_i16_s0',
-                    'static_i16_s0', 'alter_i8_p45_s0']
+                    'static_i16_s0', 'alter_i16_s1', 'static_i16_s1', 'alter_i8_p45_s0']
     points = {p.name: p.study for p in study.study_points(plan)}
     assert points['dense@2'] == 'dense' and points['alter_i8_s1@20'] == 'ablation'
     assert points['alter_i4_s0@20'] == 'length' and points['alter_i8_p45_s0@20'] == 'sparsity'

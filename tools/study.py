@@ -11,11 +11,12 @@ the paper's fraction; batches from the teacher's latent cache,
 * ablation: Static, Manual, TwoStage and ALTER at sparsity 0.35, 4 experts, 2,000
   iterations, seeds 0/1/2; and, seed 0 only, ALTER with the low-frequency router input
   (``HyperNetRouter(min_period=100)``, an option beyond the paper);
-* training length: ALTER and Static (seed 0) at 300, 1,000 and 4,000 iterations;
+* training length: ALTER and Static at 300 and 1,000 iterations (seed 0) and at 4,000
+  (seeds 0/1/2: whether twice the training makes the seed matter less);
 * sparsity: ALTER (seed 0) at 0.45 and 0.55.
 
 They train in the order that answers the most first: the seed-0 ablation, the short
-lengths, seeds 1 and 2, 4,000 iterations, the sparsities.
+lengths, seeds 1 and 2, 4,000 iterations (seed 0 first), the sparsities.
 
 Points (one row of ``OUT/results.csv`` each): every run sampled with 20 steps (seed-0
 ALTER also with 10/15/25/50), and the dense teacher with 10/13/15/20/25/50 steps, all for
@@ -172,7 +173,9 @@ def study_runs(plan: Plan) -> List[Run]:
     runs = [Run(m, first, plan.iters) for m in plan.methods + plan.options]
     runs += [Run(m, first, n) for n in short for m in ('ALTER', 'Static')]
     runs += [Run(m, s, plan.iters) for s in more for m in plan.methods]
-    runs += [Run(m, first, n) for n in plan.lengths if n not in short for m in ('ALTER', 'Static')]
+    # Longer runs at every seed: whether more training makes the seed matter less.
+    runs += [Run(m, s, n) for n in plan.lengths if n not in short for s in plan.seeds
+             for m in ('ALTER', 'Static')]
     runs += [Run('ALTER', first, plan.iters, sparsity=s) for s in plan.sparsities]
     return runs
 
@@ -457,6 +460,14 @@ def comparisons(plan: Plan) -> List[Tuple[str, Optional[int], str, str]]:
     for n in plan.lengths + (plan.iters, ):
         pairs.append((f'ALTER - Static at {n} iterations', None,
                       f'{Run("ALTER", 0, n).name}@{few}', f'{Run("Static", 0, n).name}@{few}'))
+    for n in (n for n in plan.lengths if n > plan.iters):  # trained at every seed
+        for seed in plan.seeds:
+            name = lambda method: f'{Run(method, seed, n).name}@{few}'  # noqa: E731
+            pairs += [(f'ALTER - Static, {n} iterations', seed, name('ALTER'), name('Static')),
+                      (f'ALTER-{few} - dense-{few}, {n} iterations', seed, name('ALTER'),
+                       f'dense@{few}'),
+                      (f'Static-{few} - dense-{few}, {n} iterations', seed, name('Static'),
+                       f'dense@{few}')]
     return pairs
 
 
