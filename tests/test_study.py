@@ -68,6 +68,32 @@ def test_differences_are_paired_per_seed_and_pooled(tmp_path):
         (np.mean(per_seed) - half, np.mean(per_seed) + half), abs=1e-4)
 
 
+def _write_experts(work_dir, run, masks, route):
+    folder = study.checkpoint_dir(run, work_dir)
+    folder.mkdir(parents=True)
+    units = [f'u{i}' for i in range(len(masks[0]))]
+    (folder / 'experts.json').write_text(json.dumps(dict(  # the required fields
+        format_version=1, architecture=dict(key='k'), space='paper', unit_names=units,
+        unit_paths=units, expert_masks=masks, routing_table=route,
+        weights_fingerprint=dict(float32='0'))))
+
+
+def test_mask_distances_compare_the_routed_masks_of_two_seeds(tmp_path):
+    runs = [study.Run('ALTER', s, 8) for s in (0, 1)] + [study.Run('Static', 0, 8)]
+    # Seed 0 routes t < 500 to [1,1,0,0] and the rest to [0,0,1,1]; seed 1 has the same two
+    # masks with the expert ids swapped and the boundary at 750: they differ on every unit
+    # for t in [500, 750) and nowhere else.
+    _write_experts(tmp_path, runs[0], [[1, 1, 0, 0], [0, 0, 1, 1]], [0] * 500 + [1] * 500)
+    _write_experts(tmp_path, runs[1], [[0, 0, 1, 1], [1, 1, 0, 0]], [1] * 750 + [0] * 250)
+    _write_experts(tmp_path, runs[2], [[1, 0, 1, 0]], [0] * 1000)
+    table = study.mask_distances(runs, tmp_path)
+    assert len(table) == 1  # Static has one seed: nothing to compare it with
+    row = table.iloc[0]
+    assert (row.method, row.seed_a, row.seed_b, row.units) == ('ALTER', 0, 1, 4)
+    assert row.distance == pytest.approx(0.25)
+    assert row.chance == pytest.approx(0.5)  # both keep half the units
+
+
 def test_runs_off_their_budget_are_left_out_of_the_comparisons(tmp_path):
     plan = study.Plan(methods=('ALTER', 'Static'), options=(), seeds=(0, ), iters=8,
                       lengths=(), few_steps=2, equal_macs_steps=1)
@@ -136,6 +162,9 @@ def test_a_tiny_study_trains_scores_compares_and_resumes(tmp_path):
     routing = pd.read_csv(out / 'routing.csv').set_index('run')
     assert routing.loc['static_i6_s0', 'segments'] == 1
     assert 1 <= routing.loc['alter_i6_s0', 'segments'] <= 1000
+    distances = pd.read_csv(out / 'mask_distances.csv')  # seeds 0 and 1 of each method at 6 it.
+    assert sorted(distances.method) == ['ALTER', 'Static']
+    assert ((distances.distance >= 0) & (distances.distance <= 1)).all()
 
     differences = pd.read_csv(out / 'differences.csv')
     alter_static = differences[differences.comparison == 'ALTER - Static']

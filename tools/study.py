@@ -28,7 +28,8 @@ teacher's image at the same step count and at 50 steps, every number with a boot
 run also gets its per-timestep denoising gap (x0-space error against the teacher on
 256 held-out pairs x 50 timesteps, routed with real skipping) in
 ``OUT/denoising_gap.csv`` (curves) and ``OUT/per_image/gap_<run>.csv.gz``, and its
-routing statistics in ``OUT/routing.csv``.
+routing statistics in ``OUT/routing.csv``; how far apart the masks of two seeds of one
+method are, in ``OUT/mask_distances.csv``.
 
 Every run fits its mask table to the budget at T_end (``model.budget_fit=0.02``: a table
 keeping more than 0.02 from its target 1 - s is moved onto it by one shift of every gate
@@ -49,6 +50,7 @@ continues where it stopped; ``--only`` selects runs and points by glob pattern (
 import argparse
 import fcntl
 import fnmatch
+import itertools
 import os
 import shutil
 import subprocess
@@ -404,6 +406,30 @@ def routing_row(run: Run, checkpoint: Path, work_dir: Path, costs: Dict[str, Mac
     return row
 
 
+def routed_masks(checkpoint: Path) -> np.ndarray:
+    """(T, N_L) bool: the mask each training timestep is routed to."""
+    experts = load_experts(checkpoint)
+    return np.array(experts.masks, dtype=bool)[np.array(experts.route)]
+
+
+def mask_distances(runs: Sequence[Run], work_dir: Path) -> pd.DataFrame:
+    """How much the mask search depends on the seed: for every two seeds of one method,
+    length and sparsity, the fraction of units on which their routed masks differ, averaged
+    over the timesteps; ``chance`` is that fraction for independent masks that keep as many
+    units as each run does."""
+    masks = {run: routed_masks(checkpoint_dir(run, work_dir)) for run in runs}
+    rows = []
+    for a, b in itertools.combinations(runs, 2):
+        if (a.method, a.iters, a.sparsity) != (b.method, b.iters, b.sparsity):
+            continue
+        x, y = masks[a], masks[b]
+        keep_a, keep_b = x.mean(), y.mean()
+        rows.append(dict(method=a.method, iters=a.iters, sparsity=a.sparsity, seed_a=a.seed,
+                         seed_b=b.seed, units=x.shape[1], distance=float((x != y).mean()),
+                         chance=float(keep_a * (1 - keep_b) + keep_b * (1 - keep_a))))
+    return pd.DataFrame(rows)
+
+
 def gap_curve(run: Run, plan: Plan, gaps: pd.DataFrame) -> pd.DataFrame:
     """Mean gap per timestep with its bootstrap interval over pairs."""
     rows = [dict(run=run.name, method=run.method, study=run_study(run, plan), seed=run.seed,
@@ -604,6 +630,9 @@ def write_derived(work_dir: Path, out: Path, plan: Plan, results: pd.DataFrame,
     if trained:
         write_csv(pd.DataFrame([routing_row(r, checkpoint_dir(r, work_dir), work_dir, costs, plan)
                                 for r in trained]), out / 'routing.csv')
+        distances = mask_distances(trained, work_dir)
+        if not distances.empty:
+            write_csv(distances, out / 'mask_distances.csv')
     gap_files = {r: out / 'per_image' / f'gap_{r.name}.csv.gz' for r in trained}
     curves = [gap_curve(r, plan, pd.read_csv(path)) for r, path in gap_files.items()
               if path.exists()]
