@@ -79,19 +79,28 @@ def _write_experts(work_dir, run, masks, route):
 
 
 def test_mask_distances_compare_the_routed_masks_of_two_seeds(tmp_path):
-    runs = [study.Run('ALTER', s, 8) for s in (0, 1)] + [study.Run('Static', 0, 8)]
+    runs = [study.Run('ALTER', s, 8) for s in (0, 1)] + [study.Run('Static', 0, 8),
+                                                          study.Run('ALTER', 1, 16)]
     # Seed 0 routes t < 500 to [1,1,0,0] and the rest to [0,0,1,1]; seed 1 has the same two
     # masks with the expert ids swapped and the boundary at 750: they differ on every unit
     # for t in [500, 750) and nowhere else.
     _write_experts(tmp_path, runs[0], [[1, 1, 0, 0], [0, 0, 1, 1]], [0] * 500 + [1] * 500)
     _write_experts(tmp_path, runs[1], [[0, 0, 1, 1], [1, 1, 0, 0]], [1] * 750 + [0] * 250)
     _write_experts(tmp_path, runs[2], [[1, 0, 1, 0]], [0] * 1000)
+    _write_experts(tmp_path, runs[3], [[1, 1, 1, 0]], [0] * 1000)
     table = study.mask_distances(runs, tmp_path)
-    assert len(table) == 1  # Static has one seed: nothing to compare it with
+    # Static has one run: nothing to compare it with; seed 0 at 8 and seed 1 at 16
+    # iterations differ in both: not compared.
+    assert len(table) == 2
     row = table.iloc[0]
-    assert (row.method, row.seed_a, row.seed_b, row.units) == ('ALTER', 0, 1, 4)
+    assert (row.method, row.seed_a, row.seed_b, row.iters_a, row.iters_b, row.units) == \
+        ('ALTER', 0, 1, 8, 8, 4)
     assert row.distance == pytest.approx(0.25)
     assert row.chance == pytest.approx(0.5)  # both keep half the units
+    longer = table.iloc[1]  # seed 1 at 8 and 16 iterations: [1,1,1,0] against either mask
+    assert (longer.seed_a, longer.iters_a, longer.iters_b) == (1, 8, 16)
+    assert longer.distance == pytest.approx(0.25 * 0.75 + 0.75 * 0.25)
+    assert longer.chance == pytest.approx(0.5 * 0.25 + 0.75 * 0.5)
 
 
 def test_runs_off_their_budget_are_left_out_of_the_comparisons(tmp_path):

@@ -28,8 +28,8 @@ teacher's image at the same step count and at 50 steps, every number with a boot
 run also gets its per-timestep denoising gap (x0-space error against the teacher on
 256 held-out pairs x 50 timesteps, routed with real skipping) in
 ``OUT/denoising_gap.csv`` (curves) and ``OUT/per_image/gap_<run>.csv.gz``, and its
-routing statistics in ``OUT/routing.csv``; how far apart the masks of two seeds of one
-method are, in ``OUT/mask_distances.csv``.
+routing statistics in ``OUT/routing.csv``; how far apart the masks of two seeds (or two
+lengths) of one method are, in ``OUT/mask_distances.csv``.
 
 Every run fits its mask table to the budget at T_end (``model.budget_fit=0.02``: a table
 keeping more than 0.02 from its target 1 - s is moved onto it by one shift of every gate
@@ -413,19 +413,21 @@ def routed_masks(checkpoint: Path) -> np.ndarray:
 
 
 def mask_distances(runs: Sequence[Run], work_dir: Path) -> pd.DataFrame:
-    """How much the mask search depends on the seed: for every two seeds of one method,
-    length and sparsity, the fraction of units on which their routed masks differ, averaged
-    over the timesteps; ``chance`` is that fraction for independent masks that keep as many
-    units as each run does."""
+    """How much the mask search depends on the seed and on its length: for two runs of one
+    method and sparsity that differ in seed or in length (not both), the fraction of units
+    on which their routed masks differ, averaged over the timesteps; ``chance`` is that
+    fraction for independent masks that keep as many units as each run does."""
     masks = {run: routed_masks(checkpoint_dir(run, work_dir)) for run in runs}
     rows = []
     for a, b in itertools.combinations(runs, 2):
-        if (a.method, a.iters, a.sparsity) != (b.method, b.iters, b.sparsity):
+        if (a.method, a.sparsity) != (b.method, b.sparsity) or \
+                (a.seed != b.seed) == (a.iters != b.iters):
             continue
         x, y = masks[a], masks[b]
         keep_a, keep_b = x.mean(), y.mean()
-        rows.append(dict(method=a.method, iters=a.iters, sparsity=a.sparsity, seed_a=a.seed,
-                         seed_b=b.seed, units=x.shape[1], distance=float((x != y).mean()),
+        rows.append(dict(method=a.method, sparsity=a.sparsity, seed_a=a.seed, seed_b=b.seed,
+                         iters_a=a.iters, iters_b=b.iters, units=x.shape[1],
+                         distance=float((x != y).mean()),
                          chance=float(keep_a * (1 - keep_b) + keep_b * (1 - keep_a))))
     return pd.DataFrame(rows)
 
