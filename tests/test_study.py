@@ -27,6 +27,13 @@ def test_run_and_point_names_follow_the_plan():
     assert points['dense@2'] == 'dense' and points['alter_i8_s1@20'] == 'ablation'
     assert points['alter_i4_s0@20'] == 'length' and points['alter_i8_p45_s0@20'] == 'sparsity'
     assert points['alter_i8_s0@3'] == 'steps'
+    # Shorter lengths compare at seed 0, longer ones at every seed, also against dense.
+    lengths = [(label, seed) for label, seed, _, _ in study.comparisons(plan) if 'at ' in label]
+    assert lengths == [('ALTER - Static at 4 iterations', 0), ('ALTER - Static at 8 iterations', 0),
+                       *[(f'{c} at 16 iterations', seed) for seed in (0, 1) for c in
+                         ('ALTER - Static', 'ALTER-20 - dense-20', 'Static-20 - dense-20')]]
+    assert ('ALTER - Static at 16 iterations', 1, 'alter_i16_s1@20', 'static_i16_s1@20') \
+        in study.comparisons(plan)
     # T_end at 30 % of each run's length, seeds of the run and of the model.
     options = study.Run('ALTER', 1, 1000).options(cache=None)
     assert 'model.hypernet_iters=300' in options and 'model.seed=1' in options

@@ -485,17 +485,14 @@ def comparisons(plan: Plan) -> List[Tuple[str, Optional[int], str, str]]:
         for steps in (plan.equal_macs_steps, few):
             pairs.append((f'ALTER-{few} - dense-{steps}', seed, name('ALTER'),
                           f'dense@{steps}'))
-    for n in plan.lengths + (plan.iters, ):
-        pairs.append((f'ALTER - Static at {n} iterations', None,
-                      f'{Run("ALTER", 0, n).name}@{few}', f'{Run("Static", 0, n).name}@{few}'))
-    for n in (n for n in plan.lengths if n > plan.iters):  # trained at every seed
-        for seed in plan.seeds:
+    for n in sorted(plan.lengths + (plan.iters, )):  # lengths past plan.iters at every seed
+        for seed in plan.seeds if n > plan.iters else plan.seeds[:1]:
             name = lambda method: f'{Run(method, seed, n).name}@{few}'  # noqa: E731
-            pairs += [(f'ALTER - Static, {n} iterations', seed, name('ALTER'), name('Static')),
-                      (f'ALTER-{few} - dense-{few}, {n} iterations', seed, name('ALTER'),
-                       f'dense@{few}'),
-                      (f'Static-{few} - dense-{few}, {n} iterations', seed, name('Static'),
-                       f'dense@{few}')]
+            pairs.append((f'ALTER - Static at {n} iterations', seed, name('ALTER'),
+                          name('Static')))
+            if n > plan.iters:
+                pairs += [(f'{m}-{few} - dense-{few} at {n} iterations', seed, name(m),
+                           f'dense@{few}') for m in ('ALTER', 'Static')]
     return pairs
 
 
