@@ -82,3 +82,34 @@ def test_demo_compares_its_run_with_dense_and_a_shipped_checkpoint(tmp_path):
     assert set(results['experts']) == {'ALTER-3 (this run)', 'ALTER-3 (shipped)'}
     assert (tmp_path / 'second' / 'grid.png').stat().st_size > 0
     assert 'ALTER-3 (shipped)' in output and 'speedup_vs_dense_6' in output
+
+
+def test_demo_runs_on_the_dit_backbone(tmp_path):
+    """``--backbone dit`` end to end, from a DiT teacher made here the way
+    configs/teacher/shapes_dit_dense.py makes the shipped one (2 iterations on a cache of
+    8 renders): the same table, with the transformer's MACs and routed experts."""
+    teacher_config = 'configs/teacher/shapes_dit_dense.py'
+    cache, run = tmp_path / 'cache', tmp_path / 'teacher_run'
+    renders = ['train_dataloader.dataset._delete_=True', 'train_dataloader.dataset.type=ShapesT2I',
+               'train_dataloader.dataset.num_samples=8']
+    for command in (
+            ['tools/precompute_cache.py', teacher_config, '--out', str(cache), '--shard-size',
+             '8', '--batch-size', '8', '--cfg-options', *renders],
+            ['tools/train.py', teacher_config, '--work-dir', str(run), '--cfg-options',
+             f'train_dataloader.dataset.root={cache}', 'train_dataloader.batch_size=4',
+             'train_cfg.max_iters=2', 'default_hooks.checkpoint.interval=2'],
+            ['tools/export.py', str(run / 'iter_2.pth'), '--half', '--out', str(tmp_path / 'dit')]):
+        result = subprocess.run([sys.executable, *command], cwd=ROOT, capture_output=True,
+                                text=True, timeout=300)
+        assert result.returncode == 0, result.stderr[-3000:]
+    output, results = demo(tmp_path / 'demo', '--backbone', 'dit', '--shipped', '',
+                           '--num-reference', '16', '--cfg-options',
+                           f'model.pretrained={tmp_path / "dit"}', timeout=300)
+    rows = {row['method']: row for row in results['rows']}
+    assert results['settings']['backbone'] == 'dit'
+    assert list(rows)[:2] == ['dense-6', 'dense-3'] and 'ALTER-3 (this run)' in rows
+    assert rows['dense-3']['macs_vs_dense_6'] == 0.5
+    this = rows['ALTER-3 (this run)']
+    assert 0 < this['keep_ratio'] <= 1 and this['gmacs_per_generation'] > 0
+    assert results['experts']['ALTER-3 (this run)']['num_experts'] == 4
+    assert (tmp_path / 'demo' / 'grid.png').stat().st_size > 0
