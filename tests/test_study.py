@@ -9,7 +9,9 @@ import sys
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
+from alter.utils.timing import device_name
 from tests.conftest import ROOT, load_tool
 
 study = load_tool('study')
@@ -178,8 +180,13 @@ def test_a_tiny_study_trains_scores_compares_and_resumes(tmp_path):
     routing = pd.read_csv(out / 'routing.csv').set_index('run')
     assert routing.loc['static_i6_s0', 'segments'] == 1
     assert 1 <= routing.loc['alter_i6_s0', 'segments'] <= 1000
-    distances = pd.read_csv(out / 'mask_distances.csv')  # seeds 0 and 1 of each method at 6 it.
-    assert sorted(distances.method) == ['ALTER', 'Static']
+    # Where each run trained and each point was scored (the one-thread CPU here).
+    assert (routing.trained_on == study.training_device(threads=1)).all()
+    assert (results.scored_on == device_name(torch.device('cpu'), threads=1)).all()
+    # Per method: seeds 0 and 1 at 6 iterations, 3 and 6 iterations at seed 0.
+    distances = pd.read_csv(out / 'mask_distances.csv')
+    assert sorted(zip(distances.method, distances.seed_b, distances.iters_a + distances.iters_b)) \
+        == [('ALTER', 0, 9), ('ALTER', 1, 12), ('Static', 0, 9), ('Static', 1, 12)]
     assert ((distances.distance >= 0) & (distances.distance <= 1)).all()
 
     differences = pd.read_csv(out / 'differences.csv')

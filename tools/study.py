@@ -29,7 +29,9 @@ run also gets its per-timestep denoising gap (x0-space error against the teacher
 256 held-out pairs x 50 timesteps, routed with real skipping) in
 ``OUT/denoising_gap.csv`` (curves) and ``OUT/per_image/gap_<run>.csv.gz``, and its
 routing statistics in ``OUT/routing.csv``; how far apart the masks of two seeds (or two
-lengths) of one method are, in ``OUT/mask_distances.csv``.
+lengths) of one method are, in ``OUT/mask_distances.csv``. Where each run trained
+(``trained_on`` in ``routing.csv``: the GPU, or the CPU and its threads) and where each point
+was scored (``scored_on`` in ``results.csv``) is recorded beside the numbers.
 
 Every run fits its mask table to the budget at T_end (``model.budget_fit=0.02``: a table
 keeping more than 0.02 from its target 1 - s is moved onto it by one shift of every gate
@@ -80,6 +82,7 @@ from alter.models.alter import routing_segments
 from alter.registry import MODELS
 from alter.units.macs import MacTable
 from alter.utils.io import atomic_write
+from alter.utils.timing import device_name
 
 # method -> (config, extra --cfg-options)
 METHODS: Dict[str, Tuple[str, Tuple[str, ...]]] = {
@@ -94,6 +97,7 @@ T_END_FRACTION = 0.3  # T_end / iterations, the paper's 9,375 / 32,000
 # at T_end (model.budget_fit), so that methods compared at equal MACs have them.
 BUDGET_TOLERANCE = 0.02
 CHECKPOINT_EVERY = 250
+HARDWARE_FILE = 'hardware.txt'  # in each run dir: where it trained
 SCHEDULER, GUIDANCE = 'ddim', 3.0
 
 
@@ -213,6 +217,8 @@ def train(run: Run, work_dir: Path, threads: int, cache: Optional[str]) -> Path:
         return checkpoint
     run_dir.mkdir(parents=True, exist_ok=True)
     python, env = sys.executable, dict(os.environ, OMP_NUM_THREADS=str(threads))
+    with open(run_dir / HARDWARE_FILE, 'a') as record:  # one line per session of the run
+        record.write(f'{training_device(threads)}\n')
     resume = ['--resume'] if (run_dir / 'last_checkpoint').exists() else []
     with open(run_dir / 'train.log', 'a') as log:
         subprocess.run([python, 'tools/train.py', METHODS[run.method][0], '--work-dir',
@@ -222,6 +228,11 @@ def train(run: Run, work_dir: Path, threads: int, cache: Optional[str]) -> Path:
         subprocess.run([python, 'tools/export.py', last, '--out', str(checkpoint)], check=True,
                        env=env, stdout=log, stderr=subprocess.STDOUT)
     return checkpoint
+
+
+def training_device(threads: int) -> str:
+    """Where tools/train.py runs (mmengine takes the GPU when there is one), in words."""
+    return device_name(torch.device('cuda' if torch.cuda.is_available() else 'cpu'), threads)
 
 
 def ensure_cache(cache: str, threads: int) -> None:
@@ -307,7 +318,7 @@ class Scorer:
                    iters=point.run.iters if point.run else None,
                    sparsity=point.run.sparsity if point.run else None,
                    num_experts=point.run.num_experts if point.run else None,
-                   num_prompts=len(self.samples))
+                   num_prompts=len(self.samples), scored_on=device_name(torch.device('cpu')))
         experts = None
         references = {'dense50_image': self.teacher_images(self.plan.reference_steps)}
         if checkpoint is None:
@@ -393,6 +404,9 @@ def routing_row(run: Run, checkpoint: Path, work_dir: Path, costs: Dict[str, Mac
     row = dict(run=run.name, method=run.method, seed=run.seed, iters=run.iters,
                sparsity=run.sparsity, segments=routing_segments(route), keep_ratio=keep_ratio,
                budget_met=met_budget(keep_ratio, run.sparsity, plan))
+    record = work_dir / run.name / HARDWARE_FILE
+    if record.exists():
+        row['trained_on'] = '; '.join(dict.fromkeys(record.read_text().split('\n')[:-1]))
     for e in range(experts.num_experts):
         own = (route == e).long()
         row[f'expert{e}_usage'] = own.float().mean().item()

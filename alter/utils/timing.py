@@ -52,8 +52,10 @@ def device_sync(device: torch.device) -> Callable[[], None]:
     return torch.cuda.synchronize if device.type == 'cuda' else (lambda: None)
 
 
-def device_name(device: torch.device) -> str:
-    """The device in words, e.g. ``NVIDIA H100 80GB HBM3`` or ``CPU (x86_64, 1 threads)``."""
+def device_name(device: torch.device, threads: Optional[int] = None) -> str:
+    """The device in words, e.g. ``NVIDIA H100 80GB HBM3`` or ``CPU (x86_64, 1 threads)``;
+    ``threads``: of the process that runs there (default: this one's)."""
     if device.type == 'cuda':
         return torch.cuda.get_device_name(device)
-    return f'CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)'
+    threads = torch.get_num_threads() if threads is None else threads
+    return f'CPU ({platform.processor() or platform.machine()}, {threads} threads)'
