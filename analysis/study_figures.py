@@ -76,6 +76,9 @@ def plot_training_length(results: pd.DataFrame,
         if len(dense) and metric in dense:
             ax.axhline(dense[metric].iloc[0], color='0.4', linestyle='--', label=f'dense-{steps}')
         ax.set_xscale('log')
+        lengths = sorted(runs.iters.unique())  # the lengths trained, not log-axis decades
+        ax.set_xticks(lengths, [f'{n:,.0f}' for n in lengths])
+        ax.minorticks_off()
         ax.set_xlabel('training iterations')
         ax.set_title(metric, fontsize=9)
         ax.grid(color='0.92')
