@@ -123,6 +123,33 @@ def test_hard_skip_equals_the_gated_blend_with_binary_gates(family):
             assert (hard - dense).abs().max() > 1e-4, f'skipping {gating.names[i]} changed nothing'
 
 
+@pytest.mark.parametrize('family', FAMILIES)
+def test_selected_units_equal_the_gated_blend_in_value_and_gradient(family):
+    """Per-sample binary gates (a unit on for every sample, one for none, the rest mixed):
+    running each unit on its selected samples gives the blend's output and gradients."""
+    model = build_denoiser(family)
+    inputs = example_inputs(model)
+    gating = UnitGating(_units(model))
+    g = torch.Generator().manual_seed(FAMILIES.index(family))
+    gates = (torch.rand(3, len(gating), generator=g) > 0.5).float()
+    gates[:, 0], gates[:, -1] = 1, 0
+    results = []
+    for mode in (gating.soft, gating.selected):
+        model.zero_grad(set_to_none=True)
+        with mode(gates):
+            out = backbone_of(model).predict(model, *inputs)
+            (out * torch.linspace(-1, 1, out.numel()).view_as(out)).sum().backward()
+        results.append((out.detach(), [p.grad for p in model.parameters()]))
+    (soft, soft_grads), (selected, selected_grads) = results
+    assert (soft - selected).abs().max() <= 1e-5
+    for a, b in zip(soft_grads, selected_grads):
+        assert (a is None) == (b is None) and (a is None or torch.allclose(a, b, atol=1e-5))
+    last = gating.units[-1].module.parameters()
+    assert all(p.grad is not None and not p.grad.any() for p in last)  # ran, times zero
+    with pytest.raises(ValueError, match='binary gates'):
+        gating.set_selected(torch.full((3, len(gating)), 0.5))
+
+
 @pytest.mark.parametrize('family', ['sd3', 'flux'])
 def test_skipped_joint_blocks_pass_both_streams_on(family):
     """Called by keyword (the models' forward) or positionally (gradient checkpointing);

@@ -1,5 +1,5 @@
 """Two gloo processes train exactly like one process with the same global batch,
-replicated (DDP, grouped UNet step) or sharded (FSDP2, blended UNet step, the default),
+replicated (DDP, grouped UNet step) or sharded (FSDP2, selected UNet step, the default),
 and their checkpoints resume in one process."""
 import json
 import os
@@ -73,11 +73,13 @@ def single(tmp_path_factory):
     return work_dir
 
 
-# DDP runs the grouped UNet step, as the single process; --fsdp the blended one.
+# DDP runs the grouped UNet step, as the single process, or the selected one (the default),
+# which gives the same updates; --fsdp the selected one.
 @pytest.mark.parametrize('args, options', [
-    ([], GROUPED), ([], GROUPED + ['model.gradient_checkpointing=True']), (['--fsdp'], []),
-    (['--fsdp'], ['model.gradient_checkpointing=True'])],
-    ids=['ddp', 'ddp-gradient-checkpointing', 'fsdp', 'fsdp-gradient-checkpointing'])
+    ([], GROUPED), ([], GROUPED + ['model.gradient_checkpointing=True']), ([], []),
+    (['--fsdp'], []), (['--fsdp'], ['model.gradient_checkpointing=True'])],
+    ids=['ddp', 'ddp-gradient-checkpointing', 'ddp-selected', 'fsdp',
+         'fsdp-gradient-checkpointing'])
 def test_two_gloo_ranks_match_one_process_and_resume_in_one(tmp_path, single, args, options):
     double = tmp_path / 'double'
     _train_two_ranks(double, *args, options=options)
@@ -124,14 +126,14 @@ def test_fsdp_refuses_what_it_cannot_run(monkeypatch, config, message):
 
 def test_bad_wrapper_settings_are_refused():
     cfg = Config.fromfile(f'{ROOT}/{TINY}').model
-    model = MODELS.build(dict(cfg, unet_step=dict(type='blended')))
+    model = MODELS.build(cfg)
     with pytest.raises(KeyError, match=r"\['unett'\].*sub-modules: .*'teacher', 'unet'"):
         SubmoduleParallel(model, shard=['unett'])
     with pytest.raises(ValueError, match="dtype names such as 'bfloat16'.*got 'bf16'"):
         SubmoduleParallel(model, shard=['unet'], mixed_precision=dict(param_dtype='bf16'))
     grouped = MODELS.build(dict(cfg, unet_step=dict(type='grouped')))
     with pytest.raises(ValueError,
-                       match=r"cannot shard \['unet'\].*unet_step=dict\(type='blended'\)"):
+                       match=r"cannot shard \['unet'\].*unet_step=dict\(type='selected'\)"):
         SubmoduleParallel(grouped, shard=['unet', 'teacher'])
 
 

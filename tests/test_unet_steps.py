@@ -1,5 +1,6 @@
-"""UNet steps: the grouped step (one hard-skipped forward and backward per expert) updates
-the UNet exactly as the blended step and as a per-sample reference, and skips for real."""
+"""UNet steps: the selected step (each unit on the samples whose expert keeps it) and the
+grouped step (one hard-skipped forward and backward per expert) update the UNet exactly as
+the blended step and as a per-sample reference, and skip for real."""
 import copy
 import re
 
@@ -93,6 +94,30 @@ def test_every_step_updates_as_each_sample_under_its_own_expert(name, tiny_unet)
         assert counts == present.sum(0).int().tolist() and counts[0] == 0
 
 
+def test_selected_step_runs_each_unit_on_the_samples_that_keep_it(tiny_unet):
+    """The samples a unit's first layer sees: those whose expert keeps it; one (times zero)
+    where none does."""
+    experts = torch.tensor([2, 0, 1, 0, 2, 1])
+    gating = UnitGating(PRUNING_SPACES.build(dict(type='paper')).find(tiny_unet))
+    masks = _masks(4, len(gating))
+    seen = [[] for _ in gating.units]
+    handles = [_first_layer(u.module).register_forward_hook(
+        lambda m, inputs, out, i=i: seen[i].append(inputs[0].shape[0]))
+        for i, u in enumerate(gating.units)]
+    x, context = torch.randn(6, 12, 16, 16), torch.randn(6, 8, 32)
+
+    def loss(index):
+        return dict(loss_mse=tiny_unet(x, experts * 300, context).sample.square().mean())
+
+    wrapper = OptimWrapper(torch.optim.SGD(tiny_unet.parameters(), lr=0.0))
+    UNET_STEPS.build(dict(type='selected'))(tiny_unet, gating, masks, experts, loss, wrapper)
+    for h in handles:
+        h.remove()
+    kept = masks[experts].sum(0).int().tolist()
+    assert [s[0] for s in seen] == [k or 1 for k in kept] and kept[0] == 0
+    assert {0, 2, 4, 6} <= set(kept)  # none, mixed selections and whole-batch ones
+
+
 def _model(step: str, **options):
     cfg = Config.fromfile(TINY)
     cfg.merge_from_dict({'model.unet_step': dict(type=step), 'model.hypernet_iters': 0,
@@ -125,12 +150,14 @@ def blended():
 
 
 @pytest.mark.parametrize('checkpointing', [False, True], ids=['plain', 'gradient-checkpointing'])
-def test_grouped_alter_step_equals_blended(blended, checkpointing):
+@pytest.mark.parametrize('step', ['selected', 'grouped'])
+def test_alter_step_equals_blended(blended, step, checkpointing):
     """The whole ALTER UNet step: denoising, output and feature KD against the teacher's
     outputs taken at the same samples, several experts in the batch."""
-    log, params, calls = _train_step(_model('grouped', gradient_checkpointing=checkpointing))
+    log, params, calls = _train_step(_model(step, gradient_checkpointing=checkpointing))
     ref_log, ref_params, ref_calls = blended
-    assert ref_calls == 1 and calls >= 3  # one student forward per expert present
+    # One student forward, or one per expert present.
+    assert ref_calls == 1 and (calls == 1 if step == 'selected' else calls >= 3)
     for key in ('unet/loss', 'unet/loss_denoise', 'unet/loss_out_kd', 'unet/loss_feat_kd'):
         assert log[key].item() == pytest.approx(ref_log[key].item(), rel=1e-5), key
     assert ref_log['unet/loss_feat_kd'] > 0 and ref_log['unet/loss_out_kd'] > 0
@@ -139,7 +166,8 @@ def test_grouped_alter_step_equals_blended(blended, checkpointing):
 
 
 def test_unknown_step_and_accumulation_are_refused():
-    with pytest.raises(KeyError, match="unknown unet step type 'groupd'.*blended, grouped"):
+    with pytest.raises(KeyError,
+                       match="unknown unet step type 'groupd'.*blended, grouped, selected"):
         _model('groupd')
     model = _model('grouped')
     optim = OptimWrapperDict(
@@ -157,10 +185,13 @@ def test_benchmark_script_runs_at_tiny_size(capsys):
         ['--models', 'tiny', '--experts', '2', '--batch', '2', '--repeats', '1'])
     out = capsys.readouterr().out
     row = next(line.split() for line in out.splitlines() if line.startswith('tiny'))
-    keep, blended, grouped = float(row[5]), float(row[6]), float(row[7])
-    assert 0.65 <= keep < 0.8 and blended > 0 and grouped > 0  # each mask within the budget
-    assert float(row[8].rstrip('x')) == pytest.approx(blended / grouped, rel=0.01)
+    keep, times = float(row[5]), dict(zip(('blended', 'selected', 'grouped'),
+                                          map(float, row[6:9])))
+    assert 0.65 <= keep < 0.8 and min(times.values()) > 0  # each mask within the budget
+    for column, step in ((9, 'selected'), (10, 'grouped')):  # the blended time over each
+        assert float(row[column].rstrip('x')) == pytest.approx(
+            times['blended'] / times[step], rel=0.01)
     table_keep = float(re.search(r'mask table keep ([\d.]+)', out).group(1))
     assert table_keep == pytest.approx(0.65, abs=0.05)  # the offset set to the budget
     shares = [int(s) for s in re.findall(r'update is (\d+) % of an iteration', out)]
-    assert len(shares) == 2 and all(0 < s < 100 for s in shares)
+    assert len(shares) == 3 and all(0 < s < 100 for s in shares)

@@ -1,4 +1,4 @@
-"""Time of ALTER's UNet training step, blended against grouped, and the hypernetwork step's share.
+"""Time of ALTER's UNet training step under each registered step, and the hypernetwork step's share.
 
     python tools/benchmark_train_step.py                          # SD2.1 and the embedded model
     python tools/benchmark_train_step.py --models shapes --experts 4 10 --batch 16
@@ -6,13 +6,14 @@
 UNet step: one forward and backward of the student under per-sample expert
 masks, with ALTER's loss (denoising, output and feature KD against references
 from a dense forward), through the registered steps (``alter.models.unet_steps``):
-``blended`` (every unit runs, switched-off ones blended away) and ``grouped``
-(one hard-skipped forward and backward per expert present). Random weights;
+``blended`` (every unit runs, switched-off ones blended away), ``selected`` (each
+unit runs on the samples whose expert keeps it) and ``grouped`` (one
+hard-skipped forward and backward per expert present). Random weights;
 N_E random masks, each switching units off in random order while its keep ratio
 (MAC-weighted, whole UNet, ``fvcore``) stays at or above 1 - ``--sparsity``;
 per-sample random timesteps routed by N_E equal timestep intervals, as a
-balanced router routes them. The optimiser step, the same in both, is left out.
-Each repeat draws a new batch; both steps run on it, interleaved; medians.
+balanced router routes them. The optimiser step, the same in all, is left out.
+Each repeat draws a new batch; every step runs on it, interleaved; medians.
 
 Hypernetwork share (ALTER configs): whole ``ALTER.train_step`` iterations
 with and without the hypernetwork update (before and after T_end), learning
@@ -44,7 +45,7 @@ BENCHMARKS = {
     'shapes': 'configs/alter/shapes_e4_s35.py',  # the embedded benchmark
     'tiny': 'configs/alter/tiny_e4_s35.py',  # tests
 }
-STEPS = ('blended', 'grouped')
+STEPS = ('blended', 'selected', 'grouped')
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -111,7 +112,7 @@ def unet_step_times(unet, costs: MacTable, num_experts: int, batch: int, latent:
         return loss
 
     # The optimiser holds a stand-in parameter: the UNet's gradients are computed and
-    # then dropped, the optimiser step (the same for both) is not timed.
+    # then dropped, the optimiser step (the same for all) is not timed.
     wrapper = OptimWrapper(torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.0))
 
     def runner(name):
@@ -184,7 +185,8 @@ def main(argv=None) -> None:
           f'{args.repeats} interleaved repeats, a new random batch each; sparsity '
           f'{args.sparsity} (random masks at the budget, equal timestep intervals)')
     print(f'{"model":8} {"latent":>7} {"batch":>5} {"N_E":>4} {"groups":>6} {"keep":>6} '
-          f'{"blended s":>10} {"grouped s":>10} {"speedup":>8} {"1/keep":>7}')
+          + ' '.join(f'{f"{step} s":>10}' for step in STEPS) + ' '
+          + ' '.join(f'{f"{step[:3]} x":>7}' for step in STEPS[1:]) + f' {"1/keep":>7}')
     batches = dict(zip(args.models, args.batch + [args.batch[-1]] * len(args.models)))
     shares = {}
     for name in args.models:
@@ -199,10 +201,12 @@ def main(argv=None) -> None:
         for num_experts in args.experts:
             t = unet_step_times(unet, costs, num_experts, batches[name], latent,
                                 cfg.context_length, args, device)
+            # Speedups: the blended step's time over each other step's.
             print(f'{name:8} {f"{latent}x{latent}":>7} {batches[name]:5d} {num_experts:4d} '
-                  f'{t["groups"]:6.1f} {t["keep"]:6.3f} {t["blended"]:10.3f} '
-                  f'{t["grouped"]:10.3f} {t["blended"] / t["grouped"]:7.2f}x '
-                  f'{1 / t["keep"]:6.2f}x', flush=True)
+                  f'{t["groups"]:6.1f} {t["keep"]:6.3f} '
+                  + ' '.join(f'{t[step]:10.3f}' for step in STEPS) + ' '
+                  + ' '.join(f'{t["blended"] / t[step]:6.2f}x' for step in STEPS[1:])
+                  + f' {1 / t["keep"]:6.2f}x', flush=True)
         del unet
         if cfg.get('type') == 'ALTER' and not args.no_share:
             shares[name] = hypernetwork_share(config, batches[name], args, device)

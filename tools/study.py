@@ -158,6 +158,9 @@ class Run:
                 *(cache_cfg_options(cache) if cache else []),
                 # a checkpoint every CHECKPOINT_EVERY iterations: a stopped run resumes
                 f'default_hooks.checkpoint.interval={CHECKPOINT_EVERY}',
+                # the UNet step the committed runs trained with (the default until the
+                # 'selected' step, which gives the same updates up to float rounding)
+                'model.unet_step.type=blended',
                 *METHODS[self.method][1]]
 
 

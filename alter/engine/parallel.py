@@ -163,7 +163,8 @@ class SubmoduleParallel(nn.Module):
             raise ValueError(f'cannot shard {refused} with FSDP: under the grouped UNet step each '
                              'rank runs only the units of the experts in its own samples, and '
                              "FSDP needs every rank to run the same ones; set "
-                             "model.unet_step=dict(type='blended') to shard the UNet")
+                             "model.unet_step=dict(type='selected') (the default) to shard "
+                             'the UNet')
         self.module = module
         device = torch.device(get_device())
         ddp_kwargs.setdefault('broadcast_buffers', False)

@@ -19,7 +19,7 @@ from alter.utils.cli import InputError
 from alter.utils.io import atomic_write_json
 
 FINGERPRINT = 'run_config.json'
-# model.unet_step: how the UNet update runs, the same losses either way (FSDP needs 'blended').
+# model.unet_step: how the UNet update runs, the same losses either way (FSDP refuses 'grouped').
 # Validation reads the model and never changes what trains (alter.engine.validation).
 MAY_CHANGE = ('work_dir', 'experiment_name', 'resume', 'load_from', 'launcher', 'train_cfg.max_iters', 'env_cfg',
               'default_hooks', 'log_level', 'log_processor', 'visualizer', 'vis_backends',

@@ -14,8 +14,9 @@ beyond the paper, first moves it onto the budget). ``schedule='two_stage'``
 Each sample has its own timestep, so the hypernetwork step runs the gated
 blend ``(1 - g) * bypass(x) + g * f(x)`` with per-sample soft gates; the UNet
 step runs the binary masks of the table as ``model.unet_step`` says
-(``alter.models.unet_steps``): blended (default), or grouped by expert under
-hard skipping.
+(``alter.models.unet_steps``): selected (default: each unit run on the
+samples whose expert keeps it), blended, or grouped by expert under hard
+skipping.
 The denoiser is a UNet or a diffusion transformer (kept under the name
 ``unet``); a sample's routing row is the row of the timestep value the model
 receives (``alter.inference.grids``), as at inference.
@@ -97,11 +98,12 @@ class ALTER(LatentDiffusion):
             ``macs`` (default) or ``latency`` with ``table=`` a measured table.
         teacher: optional config of the dense teacher; same architecture
             required (default: a frozen copy of the initial UNet).
-        unet_step: ``UNET_STEPS`` config of the UNet update: ``blended`` (one
-            forward, switched-off units blended away; needed when FSDP shards
-            the UNet) or ``grouped`` (one hard-skipped forward and backward per
-            expert in the batch; the same updates, faster only where per-sample
-            compute outweighs the per-group costs, see docs/benchmarks.md).
+        unet_step: ``UNET_STEPS`` config of the UNet update, the same updates
+            from each: ``selected`` (default; one forward, each unit run on the
+            samples whose expert keeps it), ``blended`` (one forward, every
+            unit on every sample, switched-off ones blended away) or ``grouped``
+            (one hard-skipped forward and backward per expert in the batch; not
+            under FSDP). Their speeds: docs/benchmarks.md.
         budget_fit: None (the paper) or a tolerance: if the table frozen at T_end
             keeps more than this far from p, every gate's threshold moves by one
             shared shift so that it keeps as close to p as the units allow
@@ -123,7 +125,7 @@ class ALTER(LatentDiffusion):
                  schedule: str = 'joint',
                  mac_convention: str = 'fvcore',
                  teacher: Optional[dict] = None,
-                 unet_step: dict = dict(type='blended'),
+                 unet_step: dict = dict(type='selected'),
                  cost_model: dict = dict(type='macs'),
                  budget_fit: Optional[float] = None,
                  **kwargs) -> None:

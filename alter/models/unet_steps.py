@@ -7,15 +7,23 @@ decides how the student runs under those per-sample masks:
 * ``blended`` -- one forward of the whole batch in which every unit runs and a
   switched-off unit is blended away per sample, ``(1 - g) * bypass(x) + g * f(x)``
   with g in {0, 1}: the dense UNet's compute, whatever the masks;
+* ``selected`` (default) -- one forward of the whole batch in which each unit
+  runs only on the samples whose expert keeps it and writes its output over the
+  bypass of the others (``UnitGating.selected``): a switched-off unit costs
+  nothing for the samples that switch it off, in forward or backward, while
+  every layer still runs once per step on one batch;
 * ``grouped`` -- the samples grouped by expert and each group run under hard
-  skipping, the mechanism of routed inference (``UnitGating.hard``), so a
-  switched-off unit costs nothing in forward or backward.
+  skipping, the mechanism of routed inference (``UnitGating.hard``): one whole
+  UNet call per expert present, so per-call costs (weight traffic, dispatch) are
+  paid once per group (``docs/benchmarks.md``).
 
-Both give the same losses and gradients up to float rounding: every term of L_U
-is a mean over samples of equal size, so the batch's term is the sum of the
-group terms weighted by group size; and a parameter that no sample of the batch
-used gets a zero gradient, as the blend gives it, so weight decay and momentum
-treat it alike in both. The hypernetwork step needs soft gates and always blends.
+All give the same losses and gradients up to float rounding: at binary gates the
+blend is a per-sample choice between ``bypass(x)`` and ``f(x)``, which the other
+two make without computing the unchosen branch; every term of L_U is a mean over
+samples of equal size, so the batch's term is the sum of the group terms
+weighted by group size; and a parameter that no sample of the batch used gets a
+zero gradient, as the blend gives it, so weight decay and momentum treat it alike
+in all three. The hypernetwork step needs soft gates and always blends.
 """
 from contextlib import nullcontext
 from typing import Callable, Dict, List, Optional, Tuple
@@ -89,14 +97,32 @@ class BlendedStep(UNetStep):
 
     runs_every_unit = True
 
+    @staticmethod
+    def gated(gating: UnitGating, gates: torch.Tensor):
+        """The gating mode of the step's forward, for per-sample binary ``gates`` (B, N_L)."""
+        return gating.soft(gates)
+
     def __call__(self, unet, gating, masks, experts, loss, optim_wrapper):
         # The gates stay set through backward: gradient checkpointing re-runs unit
         # forwards there and must see the same gates.
-        with gating.soft(masks[experts]):
+        with self.gated(gating, masks[experts]):
             with optim_wrapper.optim_context(unet):
                 terms = loss(None)
             optim_wrapper.update_params(sum(terms.values()))
         return {k: v.detach() for k, v in terms.items()}
+
+
+@UNET_STEPS.register_module('selected')
+class SelectedStep(BlendedStep):
+    """The whole batch in one forward; each unit runs on the samples whose expert keeps it.
+
+    A unit no sample keeps runs on one sample times zero (``UnitGating.selected``), so
+    every unit runs in every step, as the blended step's.
+    """
+
+    @staticmethod
+    def gated(gating: UnitGating, gates: torch.Tensor):
+        return gating.selected(gates)
 
 
 @UNET_STEPS.register_module('grouped')

@@ -6,26 +6,33 @@ of the plain diffusers model (UNet or transformer) and ``remove()`` restores the
 original forwards. Joint blocks (SD3, Flux) blend and bypass both their text and
 image streams.
 
-Three modes, set on the shared ``GateState``:
+Four modes, set on the shared ``GateState``:
 
-* dense -- every unit runs (no gates set);
-* soft  -- per-sample gates ``g`` of shape ``(B, N_L)``:
+* dense    -- every unit runs (no gates set);
+* soft     -- per-sample gates ``g`` of shape ``(B, N_L)``:
   ``y = (1 - g) * bypass(x) + g * f(x)`` (training, ALTER_SPEC §2);
-* hard  -- a tuple of Python bools per unit, chosen by a host-side expert id:
+* selected -- per-sample binary gates, each unit run only on the samples whose
+  gate is 1 and its output written over the bypass of the batch: the soft mode's
+  values and gradients at binary gates without the switched-off samples' compute
+  (the UNet step, ``alter.models.unet_steps``);
+* hard     -- a tuple of Python bools per unit, chosen by a host-side expert id:
   a skipped unit returns ``bypass(x)`` without running ``f``. Reading a Python
   bool needs no device sync and, under ``torch.compile``, becomes a guard
   instead of a graph break.
 """
 import inspect
 from contextlib import contextmanager
-from typing import Iterator, List, Optional, Sequence, Tuple
+from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
 import torch
 from diffusers.models.transformers.transformer_2d import (Transformer2DModel,
                                                           Transformer2DModelOutput)
-from torch import nn
 
 from alter.units.unit import Unit
+
+# Arguments of a unit's forward that are shared by the batch even when their first
+# dimension happens to equal the batch size (Flux's rotary embeddings are (tokens, dim)).
+SHARED_ARGUMENTS = frozenset({'image_rotary_emb'})
 
 
 class GateState:
@@ -34,6 +41,9 @@ class GateState:
     def __init__(self) -> None:
         self.gates: Optional[torch.Tensor] = None  # (B, N_L) soft gates
         self.keep: Optional[Tuple[bool, ...]] = None  # (N_L,) hard decisions
+        # Selected mode: per unit, the (n,) int64 positions of the samples it runs on,
+        # None for all of them.
+        self.select: Optional[Tuple[Optional[torch.Tensor], ...]] = None
 
 
 def _split(output, num_streams: int):
@@ -52,7 +62,8 @@ class _GatedForward:
         self.unit, self.index, self.state, self.original = unit, index, state, original
         # Blocks are called positionally or by keyword (SD3 and Flux models pass
         # hidden_states=...): the name of the first parameter finds the hidden state.
-        self.hidden_name = next(iter(inspect.signature(original).parameters))
+        self.arg_names = list(inspect.signature(original).parameters)
+        self.hidden_name = self.arg_names[0]
 
     def __call__(self, *args, **kwargs):
         state = self.state
@@ -60,6 +71,8 @@ class _GatedForward:
             if state.keep[self.index]:
                 return self.original(*args, **kwargs)
             return self._skipped(args, kwargs)
+        if state.select is not None:
+            return self._on_samples(state.select[self.index], args, kwargs)
         output = self.original(*args, **kwargs)
         if state.gates is None:
             return output
@@ -81,6 +94,30 @@ class _GatedForward:
         text = args[1] if len(args) > 1 else kwargs['encoder_hidden_states']
         return (text if kind == 'joint' else None, x)
 
+    def _on_samples(self, index: Optional[torch.Tensor], args, kwargs):
+        """The unit run on the samples ``index`` ((n,) int64, None: all) and written over the
+        bypass of the others: ``(1 - g) * bypass + g * f`` at binary ``g``, value and gradient.
+
+        With no sample selected the unit still runs, on one sample whose output is added
+        times zero: every parameter then gets a gradient (zero, as the blend gives it), so
+        data-parallel ranks run the same modules and FSDP can shard them.
+        """
+        if index is None:
+            return self.original(*args, **kwargs)
+        bypass = self._bypass(args, kwargs)
+        batch = bypass[-1].shape[0]
+        unused = index.numel() == 0
+        chosen = index[:0].new_zeros(1) if unused else index
+        names = self.arg_names + [None] * max(0, len(args) - len(self.arg_names))
+        output = self.original(*(_take(a, chosen, batch, n) for n, a in zip(names, args)),
+                               **{n: _take(a, chosen, batch, n) for n, a in kwargs.items()})
+        streams, pack = _split(output, len(bypass))
+        if unused:
+            return pack([None if y is None else b + 0 * y.sum()
+                         for y, b in zip(streams, bypass)])
+        return pack([None if y is None else b.to(y.dtype).index_copy(0, index, y)
+                     for y, b in zip(streams, bypass)])
+
     def _skipped(self, args, kwargs):
         """The output of a skipped unit, in the format its caller expects."""
         bypass = self._bypass(args, kwargs)
@@ -90,6 +127,20 @@ class _GatedForward:
             return Transformer2DModelOutput(sample=bypass[0]) \
                 if kwargs.get('return_dict', True) else bypass
         return bypass[0]
+
+
+def _take(value, index: torch.Tensor, batch: int, name: Optional[str] = None):
+    """The samples ``index`` of every per-sample tensor in ``value`` (a tensor, or a dict,
+    list or tuple of them, whose first dimension is the batch ``batch``); the rest as is."""
+    if name in SHARED_ARGUMENTS:
+        return value
+    if torch.is_tensor(value):
+        return value.index_select(0, index) if value.dim() and value.shape[0] == batch else value
+    if isinstance(value, dict):
+        return {k: _take(v, index, batch, k) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_take(v, index, batch) for v in value)
+    return value
 
 
 def _blend(gates: torch.Tensor, bypass: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -130,7 +181,7 @@ class UnitGating:
         if gates is not None and (gates.dim() != 2 or gates.shape[1] != len(self)):
             raise ValueError(f'expected gates of shape (batch, {len(self)}) for {len(self)} '
                              f'units, got {tuple(gates.shape)}')
-        self.state.gates, self.state.keep = gates, None
+        self.state.gates, self.state.keep, self.state.select = gates, None, None
 
     def set_keep(self, keep: Optional[Sequence[bool]]) -> None:
         """Hard mode: unit i runs iff ``keep[i]``; None returns to dense.
@@ -143,23 +194,51 @@ class UnitGating:
             if len(keep) != len(self):
                 raise ValueError(f'expected a keep mask of length {len(self)} (one per unit), '
                                  f'got length {len(keep)}')
-        self.state.keep, self.state.gates = keep, None
+        self.state.keep, self.state.gates, self.state.select = keep, None, None
 
-    @contextmanager
-    def soft(self, gates: torch.Tensor) -> Iterator[None]:
-        self.set_gates(gates)
-        try:
-            yield
-        finally:
+    def set_selected(self, gates: Optional[torch.Tensor]) -> None:
+        """Selected mode from binary gates ``(B, N_L)``: unit i runs on the samples b with
+        ``gates[b, i] == 1``; None returns to dense. One host read of the gates."""
+        if gates is None:
             self.set_gates(None)
+            return
+        if gates.dim() != 2 or gates.shape[1] != len(self):
+            raise ValueError(f'expected gates of shape (batch, {len(self)}) for {len(self)} '
+                             f'units, got {tuple(gates.shape)}')
+        on = gates.detach().cpu()
+        if not torch.equal(on, on.bool().to(on.dtype)):
+            raise ValueError('the selected mode needs binary gates (0 or 1); use soft() '
+                             'for fractional ones')
+        positions: Dict[Tuple[int, ...], Optional[torch.Tensor]] = {}  # one copy per pattern
+        select = []
+        for column in on.bool().t():
+            rows = tuple(column.nonzero().flatten().tolist())
+            if rows not in positions:
+                positions[rows] = None if len(rows) == len(column) else \
+                    torch.tensor(rows, dtype=torch.long, device=gates.device)
+            select.append(positions[rows])
+        self.state.select, self.state.gates, self.state.keep = tuple(select), None, None
 
+    def soft(self, gates: torch.Tensor):
+        """Soft mode for the ``with`` block."""
+        return self._within(self.set_gates, gates)
+
+    def selected(self, gates: torch.Tensor):
+        """Selected mode for the ``with`` block."""
+        return self._within(self.set_selected, gates)
+
+    def hard(self, keep: Sequence[bool]):
+        """Hard mode for the ``with`` block."""
+        return self._within(self.set_keep, keep)
+
+    @staticmethod
     @contextmanager
-    def hard(self, keep: Sequence[bool]) -> Iterator[None]:
-        self.set_keep(keep)
+    def _within(setter, value) -> Iterator[None]:
+        setter(value)
         try:
             yield
         finally:
-            self.set_keep(None)
+            setter(None)
 
     def remove(self) -> None:
         """Give every unit its original forward back."""
