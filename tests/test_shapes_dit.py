@@ -47,7 +47,7 @@ def _without(cfg: Config, *keys: str) -> dict:
     ('configs/alter/shapes_e4_s35.py', DIT_ALTER, ('unet', 'pretrained'))])
 def test_dit_configs_differ_from_the_unet_ones_in_the_denoiser_alone(unet_config, dit_config,
                                                                       denoiser_keys):
-    # Until the DiT's own teacher tunes them, its runs use the UNet's settings throughout.
+    # The DiT's runs use the UNet's settings throughout (its teacher meets the same budget).
     unet, dit = Config.fromfile(unet_config), Config.fromfile(dit_config)
     assert _without(unet, *denoiser_keys) == _without(dit, *denoiser_keys)
     assert dit.model.unet.model_class == 'PixArtTransformer2DModel'
