@@ -123,6 +123,11 @@ def test_hard_skip_equals_the_gated_blend_with_binary_gates(family):
             assert (hard - dense).abs().max() > 1e-4, f'skipping {gating.names[i]} changed nothing'
 
 
+def _predict_in(mode, gates, model, inputs):
+    with mode(gates):
+        return backbone_of(model).predict(model, *inputs)
+
+
 @pytest.mark.parametrize('family', FAMILIES)
 def test_selected_units_equal_the_gated_blend_in_value_and_gradient(family):
     """Per-sample binary gates (a unit on for every sample, one for none, the rest mixed):
@@ -146,6 +151,10 @@ def test_selected_units_equal_the_gated_blend_in_value_and_gradient(family):
         assert (a is None) == (b is None) and (a is None or torch.allclose(a, b, atol=1e-5))
     last = gating.units[-1].module.parameters()
     assert all(p.grad is not None and not p.grad.any() for p in last)  # ran, times zero
+    with torch.no_grad(), torch.autocast('cpu', dtype=torch.bfloat16):  # as under --amp
+        half = [_predict_in(mode, gates, model, inputs) for mode in (gating.soft, gating.selected)]
+    assert half[0].dtype == half[1].dtype
+    assert (half[0] - half[1]).float().abs().max() <= 1e-2 * half[0].float().abs().max()
     with pytest.raises(ValueError, match='binary gates'):
         gating.set_selected(torch.full((3, len(gating)), 0.5))
 

@@ -115,8 +115,7 @@ class _GatedForward:
         if unused:
             return pack([None if y is None else b + 0 * y.sum()
                          for y, b in zip(streams, bypass)])
-        return pack([None if y is None else b.to(y.dtype).index_copy(0, index, y)
-                     for y, b in zip(streams, bypass)])
+        return pack([None if y is None else _write(b, index, y) for y, b in zip(streams, bypass)])
 
     def _skipped(self, args, kwargs):
         """The output of a skipped unit, in the format its caller expects."""
@@ -141,6 +140,13 @@ def _take(value, index: torch.Tensor, batch: int, name: Optional[str] = None):
     if isinstance(value, (list, tuple)):
         return type(value)(_take(v, index, batch) for v in value)
     return value
+
+
+def _write(bypass: torch.Tensor, index: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """``bypass`` with the samples ``index`` replaced by ``y`` (n, ...), in the dtype the
+    blend would give (under autocast a float32 bypass keeps a half-precision ``y`` in float32)."""
+    dtype = torch.promote_types(bypass.dtype, y.dtype)
+    return bypass.to(dtype).index_copy(0, index, y.to(dtype))
 
 
 def _blend(gates: torch.Tensor, bypass: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
