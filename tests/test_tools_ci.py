@@ -1,6 +1,8 @@
 """The training tools' main paths at CI size: the dense teacher's config with its EMA
 through tools/train.py, and tools/export.py's ``--ema``/``--half`` exports loaded back
 with ``load_unet`` and routed as in training."""
+import os
+import stat
 import uuid
 
 import pytest
@@ -90,7 +92,12 @@ def test_export_ema_half_is_the_average_in_float16_routed_as_in_training(tmp_pat
         outs[name] = tmp_path / name
         export([str(run / 'iter_3.pth'), '--out', str(outs[name]), *flags])
     # --half: float16 on disk; load_unet gives float32 back. --ema: the average's weights.
-    stored = load_file(str(next((outs['ema_half'] / 'unet').glob('*.safetensors'))))
+    weights_file = next((outs['ema_half'] / 'unet').glob('*.safetensors'))
+    stored = load_file(str(weights_file))
+    umask = os.umask(0)
+    os.umask(umask)
+    for path in (outs['ema_half'], outs['ema_half'] / 'unet', weights_file):  # the usual modes
+        assert stat.S_IMODE(path.stat().st_mode) == (0o777 if path.is_dir() else 0o666) & ~umask
     assert {v.dtype for v in stored.values()} == {torch.float16}
     assert {v.dtype for v in load_file(str(next((outs['ema'] / 'unet').glob(
         '*.safetensors')))).values()} == {torch.float32}

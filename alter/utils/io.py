@@ -56,7 +56,13 @@ def replace_folder(path: PathLike, write: Callable[[Path], None]) -> Path:
     tmp = Path(tempfile.mkdtemp(prefix=f'.{path.name}.tmp-', dir=path.parent))
     try:
         write(tmp)
-        os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes 0700
+        # mkdtemp makes 0700, and some writers 0600 files (safetensors' save_file): give
+        # the folder and its files the usual modes, so that a shared checkpoint is readable.
+        umask = _umask()
+        for folder, _, files in os.walk(tmp):
+            os.chmod(folder, 0o777 & ~umask)
+            for name in files:
+                os.chmod(os.path.join(folder, name), 0o666 & ~umask)
         old = None
         if path.exists():
             old = Path(tempfile.mkdtemp(prefix=f'.{path.name}.old-', dir=path.parent))
