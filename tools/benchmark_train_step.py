@@ -201,10 +201,11 @@ def main(argv=None) -> None:
         for num_experts in args.experts:
             t = unet_step_times(unet, costs, num_experts, batches[name], latent,
                                 cfg.context_length, args, device)
-            # Speedups: the blended step's time over each other step's.
+            # Speedups: the blended step's time over each other step's; times to 4 significant
+            # digits, so that the speedups can be recomputed from them.
             print(f'{name:8} {f"{latent}x{latent}":>7} {batches[name]:5d} {num_experts:4d} '
                   f'{t["groups"]:6.1f} {t["keep"]:6.3f} '
-                  + ' '.join(f'{t[step]:10.3f}' for step in STEPS) + ' '
+                  + ' '.join(f'{t[step]:10.4g}' for step in STEPS) + ' '
                   + ' '.join(f'{t["blended"] / t[step]:6.2f}x' for step in STEPS[1:])
                   + f' {1 / t["keep"]:6.2f}x', flush=True)
         del unet
