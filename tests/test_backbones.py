@@ -123,6 +123,20 @@ def test_hard_skip_equals_the_gated_blend_with_binary_gates(family):
             assert (hard - dense).abs().max() > 1e-4, f'skipping {gating.names[i]} changed nothing'
 
 
+def test_selected_flux_keeps_its_rotary_embeddings_whole_when_the_batch_matches_their_length():
+    """Flux's rotary embeddings are (tokens, dim): at a batch of 22 = 16 latent patches + 6 text
+    tokens their first dimension equals the batch, and they must not be taken per sample."""
+    model = build_denoiser('flux')
+    latents, _, context = example_inputs(model, batch=22)
+    inputs = (latents, torch.linspace(0, 999, 22), context)
+    gating = UnitGating(_units(model))
+    gates = (torch.rand(22, len(gating), generator=torch.Generator().manual_seed(3)) > 0.5).float()
+    with torch.no_grad():
+        soft, selected = (_predict_in(mode, gates, model, inputs)
+                          for mode in (gating.soft, gating.selected))
+    assert (soft - selected).abs().max() <= 1e-5
+
+
 def _predict_in(mode, gates, model, inputs):
     with mode(gates):
         return backbone_of(model).predict(model, *inputs)
